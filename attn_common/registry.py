@@ -1,0 +1,48 @@
+"""A name -> class registry that remembers each instance's constructor arguments.
+
+Both packages build their ``MODULES`` table with :func:`make_registry`. The
+recorded ``init_kwargs`` let the converter build a module's twin in the other
+framework with the same hyper-parameters; the framework tail (``device``,
+``dtype``, ``param_dtype``, ``rngs``) is left out because it does not carry over.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T", bound=type)
+
+
+def make_registry(framework_args: tuple[str, ...]) -> tuple[dict[str, type], Callable[[T], T]]:
+    """Return ``(MODULES, register)``; ``@register`` adds a class under its name."""
+    modules: dict[str, type] = {}
+
+    def register(cls: T) -> T:
+        name = cls.__name__
+        if name in modules:
+            raise ValueError(f"module name {name!r} is registered twice")
+        init = cls.__init__
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded: dict[str, Any] = {}
+            for key, value in list(bound.arguments.items())[1:]:
+                if signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(value)
+                elif key not in framework_args:
+                    recorded[key] = value
+            # Only the outermost registered class records (ResNet holds SE blocks).
+            if type(self) is cls:
+                self.init_kwargs = recorded
+
+        cls.__init__ = recording_init
+        modules[name] = cls
+        return cls
+
+    return modules, register

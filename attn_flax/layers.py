@@ -1,0 +1,228 @@
+"""Flax NNX building blocks that behave like their torch.nn namesakes.
+
+``Conv2d``, ``Conv1d`` and ``Linear`` return plain ``nnx.Conv`` / ``nnx.Linear``
+with explicit symmetric padding and PyTorch's default initialisation
+(kaiming-uniform with ``a=sqrt(5)``, bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``),
+so a model trained from scratch starts from the same distribution in both
+frameworks. ``BatchNorm`` follows torch's update rule exactly (see its docstring);
+``GroupNorm`` and ``LayerNorm`` use torch's epsilon and two-pass variance.
+``ChannelParam`` marks a raw parameter broadcast over the channel axis, stored
+channel-last; the converter moves that axis to position 1 for torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attn_common.validation import check_batch_statistics
+
+Dtype = Any
+
+
+class ChannelParam(nnx.Param):
+    """A parameter shaped like ``(1, 1, 1, C)`` (NHWC) whose torch twin is ``(1, C, 1, 1)``."""
+
+
+def torch_kernel_init(scale: float = 1.0 / 3.0) -> nnx.Initializer:
+    """``kaiming_uniform_(a=sqrt(5))``: uniform with bound ``1/sqrt(fan_in)``."""
+    return nnx.initializers.variance_scaling(scale, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> nnx.Initializer:
+    """torch's default bias init: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _pair(value: int | Sequence[int], n: int) -> tuple[int, ...]:
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+def _conv(
+    n: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    bias: bool = True,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    kernel = _pair(kernel_size, n)
+    fan_in = in_channels // groups * math.prod(kernel)
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        kernel,
+        strides=_pair(stride, n),
+        padding=[(p, p) for p in _pair(padding, n)],
+        kernel_dilation=_pair(dilation, n),
+        feature_group_count=groups,
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=torch_kernel_init(),
+        bias_init=torch_bias_init(fan_in),
+        rngs=rngs,
+    )
+
+
+def Conv2d(in_channels: int, out_channels: int, kernel_size: int | Sequence[int], **kwargs: Any) -> nnx.Conv:
+    """``torch.nn.Conv2d`` for NHWC input: explicit padding, torch init. Same keywords."""
+    return _conv(2, in_channels, out_channels, kernel_size, **kwargs)
+
+
+def Conv1d(in_channels: int, out_channels: int, kernel_size: int, **kwargs: Any) -> nnx.Conv:
+    """``torch.nn.Conv1d`` for NLC input: explicit padding, torch init. Same keywords."""
+    return _conv(1, in_channels, out_channels, kernel_size, **kwargs)
+
+
+def Linear(
+    in_features: int,
+    out_features: int,
+    *,
+    bias: bool = True,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """``torch.nn.Linear`` with torch's initialisation."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=torch_kernel_init(),
+        bias_init=torch_bias_init(in_features),
+        rngs=rngs,
+    )
+
+
+def GroupNorm(
+    num_groups: int,
+    num_channels: int,
+    *,
+    eps: float = 1e-5,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.GroupNorm:
+    """``torch.nn.GroupNorm(num_groups, num_channels)`` over the last (channel) axis."""
+    return nnx.GroupNorm(
+        num_channels,
+        num_groups=num_groups,
+        epsilon=eps,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def LayerNorm(
+    normalized_shape: int,
+    *,
+    eps: float = 1e-5,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.LayerNorm:
+    """``torch.nn.LayerNorm(normalized_shape)`` over the last axis."""
+    return nnx.LayerNorm(
+        normalized_shape,
+        epsilon=eps,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+class BatchNorm(nnx.Module):
+    """Batch normalisation over the last axis with ``torch.nn.BatchNorm{1,2}d``'s rules.
+
+    Differences from ``nnx.BatchNorm`` that matter for parity:
+
+    * ``momentum=0.1`` weights the *new* batch (torch's convention; Flax's 0.99
+      weights the old value);
+    * the running variance is updated with the **unbiased** batch variance
+      (``n / (n - 1)``), the output is normalised with the biased one;
+    * ``eps=1e-5``, two-pass variance, statistics kept in float32;
+    * a ``num_batches_tracked`` counter, so checkpoints round-trip.
+
+    Training is the default mode, as in torch; ``model.eval()`` switches to the
+    running statistics. Works on ``(N, C)`` and ``(N, H, W, C)`` input.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        use_running_average: bool = False,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.use_running_average = use_running_average
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        axes = tuple(range(x.ndim - 1))
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            count = math.prod(x.shape[:-1])
+            check_batch_statistics(x.shape, count, "BatchNorm")
+            x32 = x.astype(jnp.float32)
+            mean = x32.mean(axes)
+            var = jnp.square(x32 - mean).mean(axes)
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+            unbiased = jax.lax.stop_gradient(var) * (count / (count - 1))
+            self.var[...] = (1 - m) * self.var[...] + m * unbiased
+            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        dtype = self.dtype or jnp.result_type(x, self.scale[...])
+        inv = jax.lax.rsqrt(var + self.eps) * self.scale[...]
+        y = (x - mean.astype(dtype)) * inv.astype(dtype) + self.bias[...].astype(dtype)
+        return y.astype(dtype)
+
+
+def relu(x: jax.Array) -> jax.Array:
+    return jax.nn.relu(x)
+
+
+def hard_sigmoid(x: jax.Array) -> jax.Array:
+    """``relu6(x + 3) / 6``, as torch's ``Hardsigmoid`` and Coordinate Attention's ``h_sigmoid``."""
+    return jnp.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def hard_swish(x: jax.Array) -> jax.Array:
+    return x * hard_sigmoid(x)
+
+
+Activation = Callable[[jax.Array], jax.Array]

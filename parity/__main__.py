@@ -1,0 +1,17 @@
+"""``python -m parity {report}``."""
+
+import sys
+
+
+def main() -> int:
+    commands = {"report": "parity.report"}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        print(f"usage: python -m parity {{{','.join(commands)}}} [options]", file=sys.stderr)
+        return 2
+    import importlib
+
+    return importlib.import_module(commands[sys.argv[1]]).main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

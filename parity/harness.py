@@ -1,0 +1,215 @@
+"""Prove that an ``attn_torch`` module and its ``attn_flax`` twin compute the same function.
+
+For one registry :class:`~parity.registry.Spec` and one
+:class:`~parity.registry.Case`, :func:`run_case` builds the torch module with
+random weights and random BatchNorm statistics, converts it with
+:func:`parity.to_flax`, and compares, for each mode of the case:
+
+* ``eval`` / ``train``: the outputs;
+* ``grad_input``: the gradient of ``sum(out * cotangent)`` w.r.t. the input;
+* ``grad_param``: the same gradient w.r.t. every parameter (by torch name);
+* ``bn_stats``: every buffer (running mean/var, ``num_batches_tracked``) after
+  the training step;
+* ``jit``: ``nnx.jit`` of the Flax module against the eager Flax module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+import attn_torch
+from parity.convert import state_dict, to_flax
+from parity.registry import Case, Spec
+from parity.tolerances import Tolerance, tolerance
+
+CHECKS = ("eval", "train", "grad_input", "grad_param", "bn_stats", "jit")
+
+
+@dataclass
+class CheckResult:
+    check: str
+    max_abs: float
+    max_rel: float  # max |flax - torch| / (|torch| + atol * max(1, max|torch|)), elementwise
+    passed: bool
+    worst: str  # the tensor with the largest violation (or largest difference)
+    tol: Tolerance
+
+    def describe(self, module: str, case: str) -> str:
+        return (
+            f"{module} [{case}] {self.check}: {'ok' if self.passed else 'FAILED'} at {self.worst!r}: "
+            f"max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g} "
+            f"(rtol={self.tol.rtol:g}, atol={self.tol.atol:g} x max(1, |ref|))"
+        )
+
+
+@dataclass
+class CaseResult:
+    module: str
+    case: str
+    checks: dict[str, CheckResult] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks.values())
+
+    def failures(self) -> list[str]:
+        return [c.describe(self.module, self.case) for c in self.checks.values() if not c.passed]
+
+
+def compare(
+    check: str, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], tol: Tolerance
+) -> CheckResult:
+    """Compare tensors by name; keys must agree. NaN or Inf anywhere fails."""
+    if set(reference) != set(candidate):
+        missing = sorted(set(reference) ^ set(candidate))
+        return CheckResult(check, math.inf, math.inf, False, f"keys differ: {missing}", tol)
+    result = CheckResult(check, 0.0, 0.0, True, "", tol)
+    worst_excess = -math.inf
+    for name in reference:
+        ref = np.asarray(reference[name], np.float64)
+        got = np.asarray(candidate[name], np.float64)
+        if ref.shape != got.shape:
+            return CheckResult(check, math.inf, math.inf, False, f"{name}: shape {got.shape} != {ref.shape}", tol)
+        if ref.size == 0:
+            continue
+        if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+            return CheckResult(check, math.inf, math.inf, False, f"{name}: non-finite values", tol)
+        diff = np.abs(got - ref)
+        scale = float(np.abs(ref).max())
+        allowed = tol.atol * max(1.0, scale) + tol.rtol * np.abs(ref)
+        excess = float((diff - allowed).max())
+        result.max_abs = max(result.max_abs, float(diff.max()))
+        floor = tol.atol * max(1.0, scale)
+        result.max_rel = max(result.max_rel, float((diff / (np.abs(ref) + floor)).max()))
+        if excess > worst_excess:
+            worst_excess, result.worst = excess, name
+    result.passed = worst_excess <= 0 or worst_excess == -math.inf
+    return result
+
+
+def merge(a: CheckResult | None, b: CheckResult) -> CheckResult:
+    """Keep the worse of two results of the same check (across modes)."""
+    if a is None:
+        return b
+    worse = a if (not a.passed, a.max_rel) >= (not b.passed, b.max_rel) else b
+    return CheckResult(a.check, max(a.max_abs, b.max_abs), max(a.max_rel, b.max_rel),
+                       a.passed and b.passed, worse.worst, worse.tol)
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights (zero-initialised gates included) and random BatchNorm statistics."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if p.ndim > 1:
+                value = noise / math.sqrt(max(1, p[0].numel()))
+            elif name.endswith("weight"):  # norm scales around 1
+                value = 1 + 0.5 * noise
+            else:
+                value = 0.5 * noise
+            p.copy_(value)
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.5 * torch.randn(b.shape, generator=gen))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + 1.5 * torch.rand(b.shape, generator=gen))
+            elif name.endswith("num_batches_tracked"):
+                b.fill_(int(torch.randint(0, 1000, (), generator=gen)))
+    return module
+
+
+def nhwc(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a
+
+
+def nchw(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 3, 1, 2)) if a.ndim == 4 else a
+
+
+@dataclass
+class Step:
+    output: np.ndarray  # torch layout
+    grad_input: np.ndarray  # torch layout
+    grad_params: dict[str, np.ndarray]  # torch names and layouts
+
+
+def torch_step(module: torch.nn.Module, x: np.ndarray, cotangent: np.ndarray) -> Step:
+    xt = torch.tensor(x, requires_grad=True)
+    module.zero_grad(set_to_none=True)
+    out = module(xt)
+    (out * torch.from_numpy(cotangent)).sum().backward()
+    grads = {
+        n: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy().copy()
+        for n, p in module.named_parameters()
+    }
+    return Step(out.detach().numpy().copy(), xt.grad.numpy().copy(), grads)
+
+
+def flax_step(module: nnx.Module, x: np.ndarray, cotangent: np.ndarray, param_names: list[str]) -> Step:
+    cot = jnp.asarray(nhwc(cotangent))
+
+    def loss(model: nnx.Module, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = model(inputs)
+        return jnp.sum(out * cot), out
+
+    (grad_model, grad_x), out = nnx.grad(loss, argnums=(0, 1), has_aux=True)(module, jnp.asarray(nhwc(x)))
+    holder = nnx.clone(module)
+    nnx.update(holder, grad_model)
+    grads = {k: v for k, v in state_dict(holder).items() if k in param_names}
+    return Step(nchw(np.asarray(out)), nchw(np.asarray(grad_x)), grads)
+
+
+def _buffers(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {n: b.numpy().copy() for n, b in module.named_buffers()}
+
+
+def run_case(spec: Spec, case: Case, seed: int = 0, jit: bool = True) -> CaseResult:
+    """Run every check of one case and return the per-check results."""
+    torch.manual_seed(seed)
+    torch_module = randomize_(attn_torch.MODULES[spec.name](**spec.kwargs_for(case)), seed)
+    flax_module = to_flax(torch_module)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.shape, dtype=np.float32)
+    result = CaseResult(spec.name, case.label)
+    param_names = [n for n, _ in torch_module.named_parameters()]
+    buffer_names = list(_buffers(torch_module))
+    cotangent = None
+
+    def record(check: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> None:
+        outcome = compare(check, ref, got, tolerance(spec.name, check))
+        result.checks[check] = merge(result.checks.get(check), outcome)
+
+    for mode in case.modes:
+        training = mode == "train"
+        torch_module.train(training)
+        flax_module.train() if training else flax_module.eval()
+        if cotangent is None:
+            with torch.no_grad():
+                out_shape = torch_module.eval()(torch.from_numpy(x)).shape
+            torch_module.train(training)
+            cotangent = rng.standard_normal(tuple(out_shape), dtype=np.float32)
+        t = torch_step(torch_module, x, cotangent)
+        f = flax_step(flax_module, x, cotangent, param_names)
+        record(mode, {"output": t.output}, {"output": f.output})
+        record("grad_input", {"input": t.grad_input}, {"input": f.grad_input})
+        record("grad_param", t.grad_params, f.grad_params)
+        if training and buffer_names:
+            flax_state = state_dict(flax_module)
+            record("bn_stats", _buffers(torch_module), {n: flax_state[n] for n in buffer_names})
+
+    if jit:
+        flax_module.eval()
+        xf = jnp.asarray(nhwc(x))
+        eager = np.asarray(flax_module(xf))
+        jitted = np.asarray(nnx.jit(lambda m, v: m(v))(flax_module, xf))
+        record("jit", {"output": eager}, {"output": jitted})
+    return result
