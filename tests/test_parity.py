@@ -1,0 +1,37 @@
+"""Parity of every registered module: torch vs flax, every case and every check."""
+
+import pytest
+
+import attn_flax
+import attn_torch
+from parity.harness import CHECKS, run_case
+from parity.registry import SPECS
+
+CASES = [(spec, case) for spec in SPECS.values() for case in spec.cases]
+
+
+def test_both_packages_register_the_same_modules():
+    assert set(attn_torch.MODULES) == set(attn_flax.MODULES) == set(SPECS)
+
+
+@pytest.mark.parametrize("spec,case", CASES, ids=[f"{s.name}-{c.label}" for s, c in CASES])
+def test_parity(spec, case):
+    result = run_case(spec, case)
+    expected = {"jit", "grad_input", "grad_param", *case.modes}
+    assert expected <= set(result.checks), f"checks not run: {expected - set(result.checks)}"
+    assert result.passed, "\n".join(result.failures())
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_batchnorm_modules_compare_statistics(name):
+    """A module with buffers must have its running statistics compared after training."""
+    import torch
+
+    spec = SPECS[name]
+    case = next(c for c in spec.cases if "train" in c.modes)
+    module = attn_torch.MODULES[name](**spec.kwargs_for(case))
+    result = run_case(spec, case, jit=False)
+    has_buffers = any(True for _ in module.buffers())
+    assert ("bn_stats" in result.checks) == has_buffers
+    assert set(result.checks) <= set(CHECKS)
+    del torch

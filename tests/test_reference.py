@@ -1,0 +1,65 @@
+"""The seed's reference code (``fightingcv-attention``) loads strictly into attn_torch and agrees.
+
+Each entry: our module name, our kwargs, a factory for the reference module
+with the matching hyper-parameters, and an input shape the reference supports.
+"""
+
+import pytest
+import torch
+
+import attn_torch
+from parity.harness import randomize_
+
+fca = pytest.importorskip("fightingcv_attention.attention")
+
+
+def _se():
+    from fightingcv_attention.attention.SEAttention import SEAttention
+
+    return SEAttention(channel=64, reduction=16)
+
+
+def _eca():
+    from fightingcv_attention.attention.ECAAttention import ECAAttention
+
+    return ECAAttention(kernel_size=5)
+
+
+def _cbam():
+    from fightingcv_attention.attention.CBAM import CBAMBlock
+
+    return CBAMBlock(channel=64, reduction=16, kernel_size=7)
+
+
+def _coord():
+    from fightingcv_attention.attention.CoordAttention import CoordAtt
+
+    return CoordAtt(64, 64, reduction=32)
+
+
+# name, our kwargs, reference factory, input shape (NCHW)
+REFERENCES = [
+    ("SE", {"channels": 64, "reduction": 16}, _se, (2, 64, 7, 9)),
+    ("ECA", {"kernel_size": 5}, _eca, (2, 64, 7, 9)),
+    ("CBAM", {"channels": 64, "reduction": 16, "kernel_size": 7}, _cbam, (2, 64, 7, 9)),
+    ("CoordAttention", {"channels": 64, "reduction": 32}, _coord, (2, 64, 7, 9)),
+    # -- new reference entries above this line --
+]
+
+
+@pytest.mark.parametrize("name,kwargs,factory,shape", REFERENCES, ids=[r[0] for r in REFERENCES])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_reference_loads_strictly_and_agrees(name, kwargs, factory, shape, training):
+    torch.manual_seed(0)
+    reference = randomize_(factory(), seed=1)
+    ours = attn_torch.MODULES[name](**kwargs)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    reference.train(training)
+    ours.train(training)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = reference(x.clone())
+        got = ours(x.clone())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for key, value in reference.state_dict().items():  # BatchNorm statistics after the step
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=1e-6, atol=1e-6)
