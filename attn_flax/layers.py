@@ -200,6 +200,9 @@ class BatchNorm(nnx.Module):
             check_batch_statistics(x.shape, count, "BatchNorm")
             x32 = x.astype(jnp.float32)
             mean = x32.mean(axes)
+            # XLA's float32 sum is less accurate than torch's cascade sum far from
+            # zero; one corrective pass over the centred values recovers it.
+            mean = mean + (x32 - mean).mean(axes)
             var = jnp.square(x32 - mean).mean(axes)
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)

@@ -1,0 +1,32 @@
+"""attn_flax imports without torch, attn_torch without jax; the registry is complete."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "package,blocked",
+    [("attn_flax", ("torch",)), ("attn_torch", ("jax", "jaxlib", "flax"))],
+)
+def test_package_imports_without_the_other_framework(package, blocked):
+    code = (
+        "import sys\n"
+        + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+        + f"import {package}\n"
+        + f"assert {package}.MODULES, 'empty registry'\n"
+        + "print(sorted(" + package + ".MODULES))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_public_names_match():
+    import attn_flax
+    import attn_torch
+
+    assert sorted(attn_torch.__all__) == sorted(attn_flax.__all__)
+    for name in attn_torch.MODULES:
+        assert getattr(attn_torch, name) is attn_torch.MODULES[name]
+        assert getattr(attn_flax, name) is attn_flax.MODULES[name]
