@@ -25,15 +25,18 @@ def check_odd(name: str, value: int) -> int:
     return value
 
 
-def check_reduction(channels: int, reduction: int, minimum: int = 1) -> int:
-    """Return the reduced width ``channels // reduction``; it must be >= ``minimum``."""
+def check_reduction(channels: int, reduction: int, minimum: int = 1, *, name: str = "reduction") -> int:
+    """Return the reduced width ``channels // reduction``; it must be >= ``minimum``.
+
+    ``name`` is the argument's name in the caller (e.g. GAM's ``rate``).
+    """
     check_positive("channels", channels)
-    check_positive("reduction", reduction)
+    check_positive(name, reduction)
     hidden = channels // reduction
     if hidden < minimum:
         raise ValueError(
-            f"`reduction`={reduction} is too large for `channels`={channels}: "
-            f"channels // reduction = {hidden}, which must be at least {minimum}"
+            f"`{name}`={reduction} is too large for `channels`={channels}: "
+            f"channels // {name} = {hidden}, which must be at least {minimum}"
         )
     return hidden
 
@@ -44,6 +47,13 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
         raise ValueError(
             f"`{name}`={value} must be divisible by {divisor_name}={divisor}"
         )
+
+
+def check_at_least(name: str, value: int, minimum: int, why: str) -> int:
+    """Return ``value`` if it is an int ``>= minimum``; ``why`` says what needs that much."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum} ({why}), got {value!r}")
+    return value
 
 
 def check_input(
@@ -91,3 +101,12 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
     check_positive("channels", channels)
     t = int(abs((math.log2(channels) + b) / gamma))
     return t if t % 2 else t + 1
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Return the entry of ``choices`` equal to ``value`` ignoring case, else raise listing them."""
+    if isinstance(value, str):
+        for choice in choices:
+            if choice.lower() == value.lower():
+                return choice
+    raise ValueError(f"`{name}`={value!r} is not one of: {', '.join(sorted(choices))}")

@@ -5,9 +5,17 @@ Every class here has a twin of the same name and arguments in ``attn_torch``
 """
 
 from attn_flax._registry import MODULES
+from attn_flax.bam import BAM
 from attn_flax.cbam import CBAM
+from attn_flax.ccnet import CrissCrossAttention
 from attn_flax.coord import CoordAttention
+from attn_flax.danet import ChannelAttention, DualAttention, PositionAttention
 from attn_flax.eca import ECA
+from attn_flax.gam import GAM
+from attn_flax.polarized import ParallelPolarizedSelfAttention, SequentialPolarizedSelfAttention
 from attn_flax.se import SE
+from attn_flax.sge import SGE
+from attn_flax.shuffle import ShuffleAttention
+from attn_flax.models import ResNet
 
-__all__ = ["MODULES", "CBAM", "CoordAttention", "ECA", "SE"]
+__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet"]

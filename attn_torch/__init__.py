@@ -5,9 +5,17 @@ Every class here has a twin of the same name and arguments in ``attn_flax``
 """
 
 from attn_torch._registry import MODULES
+from attn_torch.bam import BAM
 from attn_torch.cbam import CBAM
+from attn_torch.ccnet import CrissCrossAttention
 from attn_torch.coord import CoordAttention
+from attn_torch.danet import ChannelAttention, DualAttention, PositionAttention
 from attn_torch.eca import ECA
+from attn_torch.gam import GAM
+from attn_torch.polarized import ParallelPolarizedSelfAttention, SequentialPolarizedSelfAttention
 from attn_torch.se import SE
+from attn_torch.sge import SGE
+from attn_torch.shuffle import ShuffleAttention
+from attn_torch.models import ResNet
 
-__all__ = ["MODULES", "CBAM", "CoordAttention", "ECA", "SE"]
+__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet"]

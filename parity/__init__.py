@@ -5,26 +5,32 @@
     >>> parity.load_state_dict(flax_module, torch_state_dict)  # torch names -> Flax, in place
     >>> parity.state_dict(flax_module)                        # Flax -> torch names and layouts
     >>> torch_module = parity.to_torch(flax_module)
+    >>> parity.save_flax(flax_module, "model.safetensors")   # nnx state; a directory: Orbax
+    >>> parity.load_flax(flax_module, "model.safetensors")   # strict keys and shapes
 """
 
-from parity.convert import (
-    RULES,
-    ConversionError,
-    LoadResult,
-    Rule,
-    load_state_dict,
-    state_dict,
-    to_flax,
-    to_torch,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "RULES",
-    "ConversionError",
-    "LoadResult",
-    "Rule",
-    "load_state_dict",
-    "state_dict",
-    "to_flax",
-    "to_torch",
-]
+# name -> module; imported on first use, so that `python -m parity.convert` (the
+# attn-convert CLI) runs a module that importing the package has not loaded already.
+_EXPORTS = {
+    **dict.fromkeys(
+        ["RULES", "ConversionError", "LoadResult", "Rule", "load_state_dict", "state_dict", "to_flax", "to_torch"],
+        "parity.convert",
+    ),
+    **dict.fromkeys(["save_flax", "load_flax"], "parity.checkpoint"),
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    try:  # a submodule, e.g. `parity.convert.iter_leaves` after a bare `import parity`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,10 @@
-"""``python -m parity {report}``."""
+"""``python -m parity {report,bench,train}``."""
 
 import sys
 
 
 def main() -> int:
-    commands = {"report": "parity.report"}
+    commands = {"report": "parity.report", "bench": "parity.bench", "train": "parity.training"}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: python -m parity {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2

@@ -263,3 +263,9 @@ def to_torch(flax_module: nnx.Module, **torch_kwargs: Any) -> Any:
     except RuntimeError as error:
         raise ConversionError(str(error)) from None
     return torch_module.train(is_training(flax_module))
+
+
+if __name__ == "__main__":  # `python -m parity.convert` is the attn-convert CLI
+    from parity.convert_cli import main
+
+    raise SystemExit(main())

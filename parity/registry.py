@@ -32,6 +32,14 @@ class Spec:
     name: str
     kwargs: Mapping[str, Any]
     cases: tuple[Case, ...]
+    channels_arg: str | None = "channels"  # the argument that sets C; None: not benchmarked at other C
+
+    def kwargs_at(self, channels: int) -> dict[str, Any]:
+        """The default kwargs with the channel count set to ``channels`` (for the benchmark)."""
+        kwargs = dict(self.kwargs)
+        if self.channels_arg in kwargs:
+            kwargs[self.channels_arg] = channels
+        return kwargs
 
     @property
     def example_shape(self) -> tuple[int, int, int, int]:
@@ -65,5 +73,89 @@ SPECS: dict[str, Spec] = {
             _standard_cases(32) + (Case((2, 32, 6, 5), kwargs={"kernel_size": 3, "residual": False}),),
         ),
         Spec("CoordAttention", {"channels": 32, "reduction": 8}, _standard_cases(32)),
+        Spec(
+            "PositionAttention",
+            {"channels": 16},
+            _standard_cases(16) + (Case((2, 24, 3, 10), kwargs={"channels": 24}),),
+        ),
+        Spec(
+            "ChannelAttention",
+            {"channels": 16},
+            _standard_cases(16) + (Case((2, 24, 3, 10), kwargs={"channels": 24}),),
+        ),
+        Spec(
+            "DualAttention",
+            {"channels": 16},
+            _standard_cases(16) + (Case((2, 24, 3, 10), kwargs={"channels": 24}),),
+        ),
+        Spec(
+            "CrissCrossAttention",
+            {"channels": 16, "recurrence": 1},
+            _standard_cases(16)
+            + (
+                Case((2, 32, 9, 11), kwargs={"channels": 32, "recurrence": 2}),
+                Case((2, 16, 1, 7)),  # one row: every column energy is masked
+            ),
+        ),
+        Spec(
+            "BAM",
+            {"channels": 32, "reduction": 4, "dilation": 2},
+            # Batches of 3+ in training: over 2 samples the channel branch's BatchNorm1d
+            # outputs +-scale whatever the input, so every gradient above it is round-off.
+            (
+                Case((4, 32, 8, 8)),
+                Case((3, 32, 7, 9)),
+                Case((1, 32, 5, 11), modes=("eval",)),
+                Case((4, 32, 6, 5), kwargs={"reduction": 8, "dilation": 3}),
+            ),
+        ),
+        Spec(
+            "GAM",
+            {"channels": 32, "rate": 4},
+            _standard_cases(32) + (Case((2, 16, 6, 5), kwargs={"channels": 16, "rate": 2}),),
+        ),
+        Spec(
+            "ShuffleAttention",
+            {"channels": 32, "groups": 4},
+            _standard_cases(32)
+            + (
+                Case((2, 48, 6, 5), kwargs={"channels": 48, "groups": 3}),  # odd G: group order matters
+                Case((2, 32, 5, 6), kwargs={"groups": 16}),  # one channel per half-group
+            ),
+        ),
+        Spec(
+            "SGE",
+            {"groups": 4, "channels": 32},
+            _standard_cases(32)
+            + (
+                Case((2, 48, 6, 5), kwargs={"groups": 6, "channels": None}),
+                Case((2, 32, 1, 2)),  # the smallest map with an unbiased std
+            ),
+        ),
+        Spec(
+            "ParallelPolarizedSelfAttention",
+            {"channels": 32},
+            _standard_cases(32) + (Case((2, 17, 6, 5), kwargs={"channels": 17}),),  # odd C
+        ),
+        Spec(
+            "SequentialPolarizedSelfAttention",
+            {"channels": 32},
+            _standard_cases(32) + (Case((2, 17, 6, 5), kwargs={"channels": 17}),),  # odd C
+        ),
+        Spec(
+            # The backbone: widths are torchvision's, so only the input stays small. Training
+            # mode needs enough values per channel in layer4's BatchNorms (2x3x32x32 leaves 2:
+            # torch's own float32 gradients then differ from float64 by 4e-2), and a
+            # float32 forward difference of ~1e-5 flips the gradient of any ReLU input that
+            # close to 0 (4x3x48x48 has one: grad diff 0.18). At 4x3x64x64 the worst
+            # element uses 0.39 of the tolerance.
+            "ResNet",
+            {"depth": 18, "attention": "CBAM", "num_classes": 10},
+            (
+                Case((4, 3, 64, 64)),
+                Case((1, 3, 27, 35), modes=("eval",), kwargs={"attention": "se"}),  # odd map, lowercase name
+            ),
+            channels_arg=None,
+        ),
     )
 }

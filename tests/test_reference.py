@@ -37,12 +37,47 @@ def _coord():
     return CoordAtt(64, 64, reduction=32)
 
 
+def _shuffle():
+    from fightingcv_attention.attention.ShuffleAttention import ShuffleAttention
+
+    return ShuffleAttention(channel=64, reduction=16, G=8)
+
+
+def _sge():
+    from fightingcv_attention.attention.SGE import SpatialGroupEnhance
+
+    return SpatialGroupEnhance(groups=8)
+
+
+def _psa_parallel():
+    from fightingcv_attention.attention.PolarizedSelfAttention import ParallelPolarizedSelfAttention
+
+    return ParallelPolarizedSelfAttention(channel=64)
+
+
+def _psa_sequential():
+    from fightingcv_attention.attention.PolarizedSelfAttention import SequentialPolarizedSelfAttention
+
+    return SequentialPolarizedSelfAttention(channel=64)
+
+
+def _criss_cross():
+    from fightingcv_attention.attention.CrissCrossAttention import CrissCrossAttention
+
+    return CrissCrossAttention(in_dim=64)
+
+
 # name, our kwargs, reference factory, input shape (NCHW)
 REFERENCES = [
     ("SE", {"channels": 64, "reduction": 16}, _se, (2, 64, 7, 9)),
     ("ECA", {"kernel_size": 5}, _eca, (2, 64, 7, 9)),
     ("CBAM", {"channels": 64, "reduction": 16, "kernel_size": 7}, _cbam, (2, 64, 7, 9)),
     ("CoordAttention", {"channels": 64, "reduction": 32}, _coord, (2, 64, 7, 9)),
+    ("ShuffleAttention", {"channels": 64, "groups": 8}, _shuffle, (2, 64, 7, 9)),
+    ("SGE", {"groups": 8, "channels": 64}, _sge, (2, 64, 7, 9)),
+    ("ParallelPolarizedSelfAttention", {"channels": 64}, _psa_parallel, (2, 64, 7, 9)),
+    ("SequentialPolarizedSelfAttention", {"channels": 64}, _psa_sequential, (2, 64, 7, 9)),
+    ("CrissCrossAttention", {"channels": 64, "recurrence": 1}, _criss_cross, (2, 64, 7, 9)),
     # -- new reference entries above this line --
 ]
 

@@ -1,0 +1,70 @@
+"""Spatial Group-wise Enhance.
+
+Li et al., "Spatial Group-wise Enhance: Improving Semantic Feature Learning in
+Convolutional Networks", 2019. https://arxiv.org/abs/1905.09646
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attn_common import check_divisible, check_input, check_positive
+from attn_common.validation import check_at_least
+from attn_flax._registry import register
+from attn_flax.layers import ChannelParam, Dtype
+
+
+@register
+class SGE(nnx.Module):
+    """SGE: each channel group is gated by the similarity of its features to the group mean.
+
+    The twin of ``attn_torch.SGE`` (torch names ``weight`` and ``bias`` of shape
+    ``(1, G, 1, 1)``, stored here as ``(1, 1, 1, G)``, both initialised to 0 as in
+    the reference; the official SGE code starts ``bias`` at 1). Groups are runs of
+    consecutive channels; the std is the unbiased one (``ddof=1``) plus 1e-5, as
+    torch's. A map with H*W = 1 (NaN in the reference) raises ``ValueError``; so
+    does a channel count not divisible by ``groups``.
+
+    Args:
+        groups: number of channel groups G.
+        channels: number of input channels C (default ``None``: any multiple of
+            ``groups``); only used to check the input.
+        dtype, param_dtype, rngs: as in ``flax.nnx`` layers.
+
+    Input ``(N, H, W, C)`` with H*W >= 2; output has the same shape.
+    """
+
+    def __init__(
+        self,
+        groups: int,
+        channels: int | None = None,
+        *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        check_positive("groups", groups)
+        if channels is not None:
+            check_positive("channels", channels)
+            check_divisible("channels", channels, "`groups`", groups)
+        self.groups = groups
+        self.channels = channels
+        self.dtype = dtype
+        self.weight = ChannelParam(jnp.zeros((1, 1, 1, groups), param_dtype))
+        self.bias = ChannelParam(jnp.zeros((1, 1, 1, groups), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        check_input(x.shape, self.channels, "NHWC", "SGE")
+        b, h, w, c = x.shape
+        check_divisible("channels", c, "`groups`", self.groups)
+        why = f"SGE divides by the unbiased std over the H*W positions, NaN for one; input shape {tuple(x.shape)}"
+        check_at_least("H*W", h * w, 2, why)
+        dtype = self.dtype or jnp.result_type(x, self.weight[...])
+        grouped = x.astype(dtype).reshape(b, h, w, self.groups, c // self.groups)
+        t = (grouped * grouped.mean((1, 2), keepdims=True)).sum(-1)  # (N, H, W, G)
+        t = t - t.mean((1, 2), keepdims=True)
+        t = t / (t.std((1, 2), ddof=1, keepdims=True) + 1e-5)
+        gate = jax.nn.sigmoid(t * self.weight[...].astype(dtype) + self.bias[...].astype(dtype))
+        return (grouped * gate[..., None]).reshape(b, h, w, c)

@@ -1,0 +1,274 @@
+"""``python -m parity bench``: attn_flax under jax.jit against attn_torch, eager and compiled.
+
+For each registered module and each shape, in one process and interleaved
+(A B C ... A B C ..., so drift and background load hit every variant alike), it
+times after warm-up:
+
+* ``flax_eval``: ``jax.jit`` eval forward;
+* ``flax_train``: ``jax.jit`` training step, forward + backward with parameter and
+  input gradients and the BatchNorm statistics update;
+* ``torch_eval`` / ``torch_train``: attn_torch eager, the same work;
+* ``compile_eval``: attn_torch under ``torch.compile`` (compile time reported apart);
+* ``R``: one read plus one write of the input tensor (``dst.copy_(src)``), the floor
+  for a memory-bound module.
+
+Prints the median of N rounds with the interquartile spread, the ratios
+torch/Flax and Flax/R; writes JSON and, when matplotlib is installed, a PNG chart.
+Runs on whatever JAX backend is present and says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+DEFAULT_SHAPES = ("32x256x28x28", "8x64x56x56")
+VARIANTS = ("flax_eval", "torch_eval", "compile_eval", "flax_train", "torch_train", "R")
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> "Timing":
+        ms = sorted(s * 1e3 for s in seconds)
+        quartiles = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
+        return cls(statistics.median(ms), quartiles[0], quartiles[2])
+
+    def __str__(self) -> str:
+        return f"{self.median_ms:.2f}±{(self.q3_ms - self.q1_ms) / 2:.2f}"
+
+
+@dataclass
+class Row:
+    module: str
+    shape: tuple[int, int, int, int]
+    timings: dict[str, Timing] = field(default_factory=dict)
+    compile_s: float | None = None
+    error: str | None = None
+
+    def ratio(self, numerator: str, denominator: str) -> float | None:
+        a, b = self.timings.get(numerator), self.timings.get(denominator)
+        return a.median_ms / b.median_ms if a and b and b.median_ms > 0 else None
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    parts = tuple(int(p) for p in text.lower().split("x"))
+    if len(parts) != 4 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be NxCxHxW with positive sizes, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_torch: bool
+              ) -> tuple[dict[str, Callable[[], None]], float | None]:
+    """Build the timed callables for one module and shape; returns them and the compile time."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    from flax import nnx
+
+    import attn_torch
+    from parity.convert import to_flax
+    from parity.harness import nhwc, randomize_
+    from parity.registry import SPECS
+
+    kwargs = SPECS[name].kwargs_at(shape[1])
+    torch_module = randomize_(attn_torch.MODULES[name](**kwargs), seed=0)
+    flax_module = to_flax(torch_module)
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal(shape, dtype=np.float32)
+    x_t = torch.from_numpy(x_np)
+    with torch.no_grad():
+        cot_t = torch.from_numpy(rng.standard_normal(tuple(torch_module.eval()(x_t).shape), dtype=np.float32))
+    jax_dtype = jnp.dtype(dtype)
+    x_j = jnp.asarray(nhwc(x_np), jax_dtype)
+    cot_j = jnp.asarray(nhwc(cot_t.numpy()), jax_dtype)
+
+    flax_module.eval()
+    graph, state = nnx.split(flax_module)
+    eval_fn = jax.jit(lambda s, v: nnx.merge(graph, s, copy=True)(v))
+
+    flax_module.train()
+    graph_t, params, rest = nnx.split(flax_module, nnx.Param, ...)
+
+    def loss(p, r, v):
+        model = nnx.merge(graph_t, p, r, copy=True)
+        y = model(v)
+        return jnp.vdot(y.astype(jnp.float32), cot_j.astype(jnp.float32)), nnx.state(model, nnx.Not(nnx.Param))
+
+    grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True))
+
+    torch_train = attn_torch.MODULES[name](**kwargs)
+    torch_train.load_state_dict(torch_module.state_dict())
+    torch_train.train()
+    torch_module.eval()
+
+    def torch_eval() -> None:
+        with torch.no_grad():
+            torch_module(x_t)
+
+    def torch_step() -> None:
+        torch_train.zero_grad(set_to_none=True)
+        xg = x_t.detach().requires_grad_()
+        (torch_train(xg) * cot_t).sum().backward()
+
+    destination = torch.empty_like(x_t)
+    variants: dict[str, Callable[[], None]] = {
+        "flax_eval": lambda: eval_fn(state, x_j).block_until_ready(),
+        "torch_eval": torch_eval,
+        "flax_train": lambda: jax.block_until_ready(grad_fn(params, rest, x_j)),
+        "torch_train": torch_step,
+        "R": lambda: destination.copy_(x_t),
+    }
+    compile_s = None
+    if compile_torch:
+        compiled = torch.compile(torch_module)
+        start = time.perf_counter()
+        with torch.no_grad():
+            compiled(x_t)
+        compile_s = time.perf_counter() - start
+
+        def compiled_eval() -> None:
+            with torch.no_grad():
+                compiled(x_t)
+
+        variants["compile_eval"] = compiled_eval
+    return variants, compile_s
+
+
+def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int, warmup: int,
+              compile_torch: bool) -> Row:
+    row = Row(name, shape)
+    try:
+        variants, row.compile_s = _variants(name, shape, dtype, compile_torch)
+    except (ValueError, MemoryError, RuntimeError) as error:  # e.g. a shape a module rejects
+        row.error = f"{type(error).__name__}: {error}".splitlines()[0]
+        return row
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):
+        for key, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            samples[key].append(time.perf_counter() - start)
+    row.timings = {k: Timing.of(v) for k, v in samples.items()}
+    return row
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ["module", "shape", "flax_eval", "torch_eval", "compile_eval", "flax_train", "torch_train",
+              "R", "torch/flax eval", "compile/flax eval", "torch/flax train", "flax_eval/R", "compile_s"]
+    body = []
+    for r in rows:
+        shape = "x".join(map(str, r.shape))
+        if r.error:
+            body.append([r.module, shape, r.error] + [""] * (len(header) - 3))
+            continue
+        cells = [str(r.timings[v]) if v in r.timings else "-" for v in VARIANTS[:5]] + [str(r.timings["R"])]
+        body.append([r.module, shape, *cells,
+                     _fmt_ratio(r.ratio("torch_eval", "flax_eval")),
+                     _fmt_ratio(r.ratio("compile_eval", "flax_eval")),
+                     _fmt_ratio(r.ratio("torch_train", "flax_train")),
+                     _fmt_ratio(r.ratio("flax_eval", "R")),
+                     "-" if r.compile_s is None else f"{r.compile_s:.1f}"])
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def environment() -> dict[str, str]:
+    import jax
+    import torch
+
+    device = jax.devices()[0]
+    return {
+        "jax_backend": jax.default_backend(),
+        "jax_device": getattr(device, "device_kind", str(device)),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
+        "cpu_count": str(os.cpu_count()),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def write_chart(rows: list[Row], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    good = [r for r in rows if not r.error]
+    labels = [f"{r.module}\n{'x'.join(map(str, r.shape))}" for r in good]
+    fig, ax = plt.subplots(figsize=(max(8, len(good) * 0.9), 4.5))
+    width = 0.8 / len(VARIANTS)
+    for i, variant in enumerate(VARIANTS):
+        values = [r.timings[variant].median_ms if variant in r.timings else 0 for r in good]
+        ax.bar([j + i * width for j in range(len(good))], values, width, label=variant)
+    ax.set_xticks([j + 0.4 for j in range(len(good))], labels, rotation=60, fontsize=7)
+    ax.set_ylabel("median ms (log)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    from parity.registry import SPECS
+
+    benchable = [n for n, s in SPECS.items() if s.channels_arg is not None]
+    parser = argparse.ArgumentParser(prog="python -m parity bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modules", nargs="+", default=benchable, choices=benchable, metavar="NAME")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
+                        metavar="NxCxHxW")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="dtype of the Flax computation (torch runs float32)")
+    parser.add_argument("--reps", type=int, default=20, help="timed rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--json", default="bench_results/bench.json", help="where to write the JSON results")
+    parser.add_argument("--png", default="bench_results/bench.png", help="chart (needs matplotlib)")
+    args = parser.parse_args(argv)
+
+    env = environment()
+    print(f"bench: JAX backend {env['jax_backend']} ({env['jax_device']}), torch {env['torch']} "
+          f"with {env['torch_threads']} threads, {args.reps} interleaved rounds", file=sys.stderr)
+    rows = []
+    for name in args.modules:
+        for shape in args.shapes:
+            start = time.perf_counter()
+            rows.append(bench_one(name, shape, args.dtype, args.reps, args.warmup, not args.no_compile))
+            print(f"  {name} {'x'.join(map(str, shape))} done in {time.perf_counter() - start:.1f}s",
+                  file=sys.stderr)
+    print(f"times in ms, median±half-IQR; JAX backend {env['jax_backend']} ({env['jax_device']})")
+    print(format_table(rows))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump({"environment": env, "dtype": args.dtype, "reps": args.reps,
+                   "rows": [asdict(r) for r in rows]}, f, indent=1)
+    charted = write_chart(rows, args.png)
+    print(f"wrote {args.json}" + (f" and {args.png}" if charted else " (no matplotlib: no chart)"), file=sys.stderr)
+    return 1 if any(r.error for r in rows) else 0

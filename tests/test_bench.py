@@ -1,0 +1,39 @@
+"""The benchmark runs end to end on a tiny shape (speed goals are never tested here)."""
+
+import json
+
+from parity import bench
+
+
+def test_bench_runs_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = bench.main(["--modules", "SE", "CoordAttention", "--shapes", "2x16x5x7", "--reps", "2",
+                       "--warmup", "1", "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["environment"]["jax_backend"] == "cpu"
+    rows = {r["module"]: r for r in data["rows"]}
+    assert set(rows) == {"SE", "CoordAttention"}
+    for row in rows.values():
+        assert row["error"] is None
+        assert set(row["timings"]) == {"flax_eval", "torch_eval", "flax_train", "torch_train", "R"}
+        assert all(t["median_ms"] > 0 for t in row["timings"].values())
+    printed = capsys.readouterr().out
+    assert "torch/flax eval" in printed and "CoordAttention" in printed
+
+
+def test_bench_with_torch_compile(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--modules", "ECA", "--shapes", "1x8x4x4", "--reps", "1", "--warmup", "1",
+                       "--json", str(out), "--png", str(tmp_path / "b.png")]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert "compile_eval" in row["timings"] and row["compile_s"] > 0
+
+
+def test_bench_reports_a_rejected_shape_as_an_error(tmp_path):
+    out = tmp_path / "bench.json"
+    # SGE with 4 groups cannot split 18 channels: the row carries the ValueError, exit code 1.
+    code = bench.main(["--modules", "SGE", "--shapes", "1x18x4x4", "--reps", "1", "--warmup", "1",
+                       "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")])
+    row = json.loads(out.read_text())["rows"][0]
+    assert code == 1 and "ValueError" in row["error"]
