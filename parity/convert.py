@@ -9,6 +9,8 @@ layout. Nothing here knows about any particular attention module.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -214,7 +216,7 @@ def load_state_dict(
         raise ConversionError(_mismatch_message(module, missing, unexpected, shapes))
     for name, value in converted.items():
         variable = leaves[name].variable
-        variable[...] = jnp.array(value, dtype=variable[...].dtype, copy=True)
+        variable.set_value(jnp.array(value, dtype=variable.dtype, copy=True))
     return LoadResult(missing, unexpected)
 
 
@@ -242,7 +244,9 @@ def to_flax(torch_module: Any, *, seed: int = 0, **flax_kwargs: Any) -> nnx.Modu
     import attn_flax
 
     name = registered_name(torch_module)
-    flax_module = attn_flax.MODULES[name](**torch_module.init_kwargs, **flax_kwargs, rngs=nnx.Rngs(seed))
+    build = functools.partial(attn_flax.MODULES[name], **torch_module.init_kwargs, **flax_kwargs)
+    # Shapes only: every variable is then overwritten, so no initialiser runs.
+    flax_module = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(seed)))
     load_state_dict(flax_module, torch_module.state_dict())
     if not torch_module.training:
         flax_module.eval()
