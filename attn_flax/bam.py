@@ -14,7 +14,7 @@ from flax import nnx
 
 from attn_common import check_batch_statistics, check_input, check_positive, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear, compute_dtype, stable_mean
 
 NUM_LAYERS = 3  # hidden layers of each branch, fixed as in the reference's BAMBlock
 
@@ -52,7 +52,7 @@ class BAMChannelGate(nnx.Module):
         self.ca = NamedChain(layers)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.ca(x.mean((1, 2)))[:, None, None, :]
+        return self.ca(stable_mean(x, (1, 2)))[:, None, None, :]
 
 
 class BAMSpatialGate(nnx.Module):
@@ -110,6 +110,8 @@ class BAM(nnx.Module):
         check_positive("dilation", dilation)
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.channels = channels
+        self.dtype = dtype
+        self.param_dtype = param_dtype
         self.ca = BAMChannelGate(channels, hidden, **kw)
         self.sa = BAMSpatialGate(channels, hidden, dilation, **kw)
 
@@ -117,4 +119,5 @@ class BAM(nnx.Module):
         check_input(x.shape, self.channels, "NHWC", "BAM")
         if not self.ca.ca.bn0.use_running_average:
             check_batch_statistics(x.shape, x.shape[0], "BAM")
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
         return (1 + jax.nn.sigmoid(self.ca(x) + self.sa(x))) * x

@@ -12,7 +12,7 @@ from flax import nnx
 
 from attn_common import check_input, check_odd, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import Conv2d, Dtype
+from attn_flax.layers import Conv2d, Dtype, compute_dtype, stable_mean
 
 
 class CBAMChannelGate(nnx.Module):
@@ -24,7 +24,7 @@ class CBAMChannelGate(nnx.Module):
         self.se = nnx.Sequential(Conv2d(channels, hidden, 1, **kw), jax.nn.relu, Conv2d(hidden, channels, 1, **kw))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.sigmoid(self.se(x.max((1, 2), keepdims=True)) + self.se(x.mean((1, 2), keepdims=True)))
+        return jax.nn.sigmoid(self.se(x.max((1, 2), keepdims=True)) + self.se(stable_mean(x, (1, 2), keepdims=True)))
 
 
 class CBAMSpatialGate(nnx.Module):
@@ -34,7 +34,7 @@ class CBAMSpatialGate(nnx.Module):
         self.conv = Conv2d(2, 1, kernel_size, padding=kernel_size // 2, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pooled = jnp.concatenate([x.max(-1, keepdims=True), x.mean(-1, keepdims=True)], axis=-1)
+        pooled = jnp.concatenate([x.max(-1, keepdims=True), stable_mean(x, -1, keepdims=True)], axis=-1)
         return jax.nn.sigmoid(self.conv(pooled))
 
 
@@ -70,12 +70,15 @@ class CBAM(nnx.Module):
         check_odd("kernel_size", kernel_size)
         self.channels = channels
         self.residual = residual
+        self.dtype = dtype
+        self.param_dtype = param_dtype
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.ca = CBAMChannelGate(channels, reduction, **kw)
         self.sa = CBAMSpatialGate(kernel_size, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "CBAM")
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
         out = x * self.ca(x)
         out = out * self.sa(out)
         return out + x if self.residual else out

@@ -12,7 +12,7 @@ from flax import nnx
 
 from attn_common import check_input, check_positive
 from attn_flax._registry import register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, hard_swish
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, compute_dtype, hard_swish, stable_mean
 
 
 @register
@@ -44,6 +44,8 @@ class CoordAttention(nnx.Module):
         hidden = max(8, channels // reduction)
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.channels = channels
+        self.dtype = dtype
+        self.param_dtype = param_dtype
         self.conv1 = Conv2d(channels, hidden, 1, **kw)
         self.bn1 = BatchNorm(hidden, **kw)
         self.conv_h = Conv2d(hidden, channels, 1, **kw)
@@ -51,9 +53,10 @@ class CoordAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "CoordAttention")
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
         height = x.shape[1]
         # (N, H + W, 1, C): the H-profile followed by the W-profile, as torch's cat on dim 2.
-        pooled = jnp.concatenate([x.mean(2), x.mean(1)], axis=1)[:, :, None, :]
+        pooled = jnp.concatenate([stable_mean(x, 2), stable_mean(x, 1)], axis=1)[:, :, None, :]
         y = hard_swish(self.bn1(self.conv1(pooled)))
         gate_h = jax.nn.sigmoid(self.conv_h(y[:, :height]))  # (N, H, 1, C)
         gate_w = jax.nn.sigmoid(self.conv_w(y[:, height:]))  # (N, W, 1, C)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from attn_common import check_input, check_odd, eca_kernel_size
 from attn_flax._registry import register
-from attn_flax.layers import Conv1d, Dtype
+from attn_flax.layers import Conv1d, Dtype, compute_dtype, stable_mean
 
 
 @register
@@ -47,12 +47,15 @@ class ECA(nnx.Module):
         check_odd("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.channels = channels
+        self.dtype = dtype
+        self.param_dtype = param_dtype
         self.conv = Conv1d(
             1, 1, kernel_size, padding=(kernel_size - 1) // 2, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "ECA")
-        descriptor = x.mean((1, 2))[:, :, None]  # (N, C, 1): channels as the sequence
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        descriptor = stable_mean(x, (1, 2))[:, :, None]  # (N, C, 1): channels as the sequence
         gate = jax.nn.sigmoid(self.conv(descriptor))
         return x * gate[:, None, None, :, 0]

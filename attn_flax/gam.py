@@ -14,7 +14,7 @@ from flax import nnx
 
 from attn_common import check_batch_statistics, check_input, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear, compute_dtype
 
 
 @register
@@ -51,6 +51,8 @@ class GAM(nnx.Module):
         hidden = int(channels / rate)
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.channels = channels
+        self.dtype = dtype
+        self.param_dtype = param_dtype
         self.channel_attention = nnx.Sequential(
             Linear(channels, hidden, **kw),
             jax.nn.relu,
@@ -68,5 +70,6 @@ class GAM(nnx.Module):
         check_input(x.shape, self.channels, "NHWC", "GAM")
         if not self.spatial_attention.layers[1].use_running_average:
             check_batch_statistics(x.shape, math.prod(x.shape[:-1]), "GAM")
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
         x = x * jax.nn.sigmoid(self.channel_attention(x))
         return x * jax.nn.sigmoid(self.spatial_attention(x))

@@ -8,6 +8,24 @@ frameworks. ``BatchNorm`` follows torch's update rule exactly (see its docstring
 ``GroupNorm`` and ``LayerNorm`` use torch's epsilon and two-pass variance.
 ``ChannelParam`` marks a raw parameter broadcast over the channel axis, stored
 channel-last; the converter moves that axis to position 1 for torch.
+
+Dtype convention (every ``attn_flax`` module follows it):
+
+* ``dtype=None`` (default): the computation dtype is
+  ``jnp.result_type(input, param_dtype)``, Flax's usual promotion; float32 input
+  and parameters compute in float32 exactly as the float32 parity report checks.
+* ``dtype=jnp.bfloat16`` with ``param_dtype=jnp.float32`` (mixed precision):
+  parameters are stored in float32 and cast to bfloat16 for the convolutions,
+  matmuls and elementwise ops; the input is cast on entry, so the output is
+  bfloat16 even for a float32 input. Mean and variance reductions (``BatchNorm``,
+  ``GroupNorm``, ``LayerNorm``, spatial and channel mean pools, SGE's std) and
+  every softmax are computed in float32 (:func:`stable_mean`,
+  :func:`stable_softmax`) and their result is cast back to the computation dtype.
+* ``BatchNorm`` running statistics are always stored in float32 and updated from
+  float32 batch statistics, whatever ``dtype`` and ``param_dtype`` are.
+
+The bfloat16 errors against the float32 torch modules are measured by
+``python -m parity report`` (tolerances in ``parity/tolerances.py``, ``BF16``).
 """
 
 from __future__ import annotations
@@ -22,6 +40,26 @@ from flax import nnx
 from attn_common.validation import check_batch_statistics
 
 Dtype = Any
+
+
+def compute_dtype(dtype: Dtype | None, *operands: Any) -> Dtype:
+    """The computation dtype: ``dtype`` if given, else the promotion of ``operands`` (arrays or dtypes)."""
+    return dtype if dtype is not None else jnp.result_type(*operands)
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """``x`` promoted to float32 (bfloat16, float16), or unchanged (float32, float64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def stable_mean(x: jax.Array, axis: int | tuple[int, ...], keepdims: bool = False) -> jax.Array:
+    """``x.mean(axis)`` accumulated in at least float32, returned in ``x``'s dtype."""
+    return at_least_float32(x).mean(axis, keepdims=keepdims).astype(x.dtype)
+
+
+def stable_softmax(x: jax.Array, axis: int | tuple[int, ...] = -1) -> jax.Array:
+    """``jax.nn.softmax`` computed in at least float32, returned in ``x``'s dtype."""
+    return jax.nn.softmax(at_least_float32(x), axis=axis).astype(x.dtype)
 
 
 class ChannelParam(nnx.Param):
@@ -162,7 +200,9 @@ class BatchNorm(nnx.Module):
       weights the old value);
     * the running variance is updated with the **unbiased** batch variance
       (``n / (n - 1)``), the output is normalised with the biased one;
-    * ``eps=1e-5``, two-pass variance, statistics kept in float32;
+    * ``eps=1e-5``, two-pass variance; batch statistics, normalisation and the
+      running statistics in float32 whatever ``dtype`` is (the output is cast to
+      the computation dtype, see the module docstring);
     * a ``num_batches_tracked`` counter, so checkpoints round-trip.
 
     Training is the default mode, as in torch; ``model.eval()`` switches to the
@@ -193,26 +233,26 @@ class BatchNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         axes = tuple(range(x.ndim - 1))
+        x32 = at_least_float32(x)
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
             count = math.prod(x.shape[:-1])
             check_batch_statistics(x.shape, count, "BatchNorm")
-            x32 = x.astype(jnp.float32)
             mean = x32.mean(axes)
             # XLA's float32 sum is less accurate than torch's cascade sum far from
             # zero; one corrective pass over the centred values recovers it.
             mean = mean + (x32 - mean).mean(axes)
             var = jnp.square(x32 - mean).mean(axes)
             m = self.momentum
-            self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
-            unbiased = jax.lax.stop_gradient(var) * (count / (count - 1))
+            self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean).astype(jnp.float32)
+            unbiased = jax.lax.stop_gradient(var).astype(jnp.float32) * (count / (count - 1))
             self.var[...] = (1 - m) * self.var[...] + m * unbiased
             self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
-        dtype = self.dtype or jnp.result_type(x, self.scale[...])
+        # Normalised in float32 (as flax's own norms do), then cast to the computation dtype.
         inv = jax.lax.rsqrt(var + self.eps) * self.scale[...]
-        y = (x - mean.astype(dtype)) * inv.astype(dtype) + self.bias[...].astype(dtype)
-        return y.astype(dtype)
+        y = (x32 - mean) * inv + self.bias[...]
+        return y.astype(compute_dtype(self.dtype, x, self.scale[...]))
 
 
 def relu(x: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ from flax import nnx
 from attn_common import check_input, check_positive
 from attn_common.validation import check_choice
 from attn_flax._registry import MODULES, register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear, compute_dtype, stable_mean
 
 # depth -> (block, blocks per stage), torchvision's table.
 LAYOUTS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
@@ -147,6 +147,8 @@ class ResNet(nnx.Module):
         self.attention, make_attention = attention_factory(attention, attention_kwargs, factory)
         self.depth = depth
         self.num_classes = num_classes
+        self.dtype = dtype
+        self.param_dtype = param_dtype
         block = BasicBlock if kind == "basic" else Bottleneck
         self.conv1 = _conv(3, 64, 7, 2, factory)
         self.bn1 = BatchNorm(64, **factory)
@@ -162,8 +164,9 @@ class ResNet(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, 3, "NHWC", "ResNet")
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
         x = max_pool_3x3_s2(jax.nn.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc(self.features(x).mean((1, 2)))
+        return self.fc(stable_mean(self.features(x), (1, 2)))

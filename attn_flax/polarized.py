@@ -13,7 +13,7 @@ from flax import nnx
 from attn_common import check_input
 from attn_common.validation import check_at_least
 from attn_flax._registry import register
-from attn_flax.layers import Conv2d, Dtype, LayerNorm
+from attn_flax.layers import Conv2d, Dtype, LayerNorm, compute_dtype, stable_mean, stable_softmax
 
 
 class _PolarizedSelfAttention(nnx.Module):
@@ -29,6 +29,8 @@ class _PolarizedSelfAttention(nnx.Module):
     ):
         check_at_least("channels", channels, 2, "the value and query convs have channels // 2 outputs")
         self.channels = channels
+        self.dtype = dtype
+        self.param_dtype = param_dtype
         half = channels // 2
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.ch_wv = Conv2d(channels, half, 1, **kw)
@@ -41,14 +43,14 @@ class _PolarizedSelfAttention(nnx.Module):
     def channel_gate(self, x: jax.Array) -> jax.Array:
         """``(N, 1, 1, C)``: values pooled with softmax weights over the H*W positions."""
         value = self.ch_wv(x)  # (N, H, W, C/2)
-        query = jax.nn.softmax(self.ch_wq(x), axis=(1, 2))  # (N, H, W, 1)
+        query = stable_softmax(self.ch_wq(x), axis=(1, 2))  # (N, H, W, 1)
         pooled = jnp.einsum("nhwc,nhwo->noc", value, query)[:, :, None, :]  # (N, 1, 1, C/2)
         return jax.nn.sigmoid(self.ln(self.ch_wz(pooled)))
 
     def spatial_gate(self, x: jax.Array) -> jax.Array:
         """``(N, H, W, 1)``: values mixed with softmax weights over the C/2 channels."""
         value = self.sp_wv(x)  # (N, H, W, C/2)
-        query = jax.nn.softmax(self.sp_wq(x).mean((1, 2)), axis=-1)  # (N, C/2)
+        query = stable_softmax(stable_mean(self.sp_wq(x), (1, 2)), axis=-1)  # (N, C/2)
         return jax.nn.sigmoid(jnp.einsum("nhwc,nc->nhw", value, query)[..., None])
 
 
@@ -71,6 +73,7 @@ class ParallelPolarizedSelfAttention(_PolarizedSelfAttention):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "ParallelPolarizedSelfAttention")
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
         return x * self.channel_gate(x) + x * self.spatial_gate(x)
 
 
@@ -93,5 +96,6 @@ class SequentialPolarizedSelfAttention(_PolarizedSelfAttention):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "SequentialPolarizedSelfAttention")
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
         y = x * self.channel_gate(x)
         return y * self.spatial_gate(y)

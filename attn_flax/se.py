@@ -12,7 +12,7 @@ from flax import nnx
 
 from attn_common import check_input, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, Linear
+from attn_flax.layers import Dtype, Linear, compute_dtype, stable_mean
 
 
 @register
@@ -25,7 +25,8 @@ class SE(nnx.Module):
     Args:
         channels: number of input channels C.
         reduction: hidden width is ``channels // reduction`` (default 16).
-        dtype: computation dtype (default: inferred from input and parameters).
+        dtype: computation dtype (default: inferred from input and parameters; see
+            ``attn_flax.layers`` for the mixed-precision convention).
         param_dtype: parameter dtype (default float32).
         rngs: random number generators for the initialisation.
 
@@ -50,6 +51,8 @@ class SE(nnx.Module):
         hidden = check_reduction(channels, reduction)
         self.channels = channels
         self.reduction = reduction
+        self.dtype = dtype
+        self.param_dtype = param_dtype
         kw = {"bias": False, "dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.fc = nnx.Sequential(
             Linear(channels, hidden, **kw), jax.nn.relu, Linear(hidden, channels, **kw), jax.nn.sigmoid
@@ -57,5 +60,6 @@ class SE(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "SE")
-        gate = self.fc(x.mean((1, 2)))
+        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        gate = self.fc(stable_mean(x, (1, 2)))
         return x * gate[:, None, None, :]

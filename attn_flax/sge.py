@@ -13,7 +13,7 @@ from flax import nnx
 from attn_common import check_divisible, check_input, check_positive
 from attn_common.validation import check_at_least
 from attn_flax._registry import register
-from attn_flax.layers import ChannelParam, Dtype
+from attn_flax.layers import ChannelParam, Dtype, at_least_float32, compute_dtype, stable_mean
 
 
 @register
@@ -52,6 +52,7 @@ class SGE(nnx.Module):
         self.groups = groups
         self.channels = channels
         self.dtype = dtype
+        self.param_dtype = param_dtype
         self.weight = ChannelParam(jnp.zeros((1, 1, 1, groups), param_dtype))
         self.bias = ChannelParam(jnp.zeros((1, 1, 1, groups), param_dtype))
 
@@ -61,10 +62,16 @@ class SGE(nnx.Module):
         check_divisible("channels", c, "`groups`", self.groups)
         why = f"SGE divides by the unbiased std over the H*W positions, NaN for one; input shape {tuple(x.shape)}"
         check_at_least("H*W", h * w, 2, why)
-        dtype = self.dtype or jnp.result_type(x, self.weight[...])
+        dtype = compute_dtype(self.dtype, x, self.param_dtype)
         grouped = x.astype(dtype).reshape(b, h, w, self.groups, c // self.groups)
-        t = (grouped * grouped.mean((1, 2), keepdims=True)).sum(-1)  # (N, H, W, G)
-        t = t - t.mean((1, 2), keepdims=True)
-        t = t / (t.std((1, 2), ddof=1, keepdims=True) + 1e-5)
+        t = (grouped * stable_mean(grouped, (1, 2), keepdims=True)).sum(-1)  # (N, H, W, G)
+        t = self._standardize(t).astype(dtype)
         gate = jax.nn.sigmoid(t * self.weight[...].astype(dtype) + self.bias[...].astype(dtype))
         return (grouped * gate[..., None]).reshape(b, h, w, c)
+
+    @staticmethod
+    def _standardize(t: jax.Array) -> jax.Array:
+        """``(t - mean) / (std + 1e-5)`` over the H*W positions, in at least float32."""
+        t = at_least_float32(t)
+        t = t - t.mean((1, 2), keepdims=True)
+        return t / (t.std((1, 2), ddof=1, keepdims=True) + 1e-5)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from attn_common import check_divisible, check_input, check_positive
 from attn_flax._registry import register
-from attn_flax.layers import ChannelParam, Dtype, GroupNorm
+from attn_flax.layers import ChannelParam, Dtype, GroupNorm, compute_dtype, stable_mean
 
 
 @register
@@ -48,6 +48,7 @@ class ShuffleAttention(nnx.Module):
         self.channels = channels
         self.groups = groups
         self.dtype = dtype
+        self.param_dtype = param_dtype
         width = channels // (2 * groups)
         self.gn = GroupNorm(width, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.cweight = ChannelParam(jnp.zeros((1, 1, 1, width), param_dtype))
@@ -59,13 +60,13 @@ class ShuffleAttention(nnx.Module):
         check_input(x.shape, self.channels, "NHWC", "ShuffleAttention")
         b, h, w, c = x.shape
         g = self.groups
-        dtype = self.dtype or jnp.result_type(x, self.cweight[...])
+        dtype = compute_dtype(self.dtype, x, self.param_dtype)
         params = (self.cweight, self.cbias, self.sweight, self.sbias)
         cweight, cbias, sweight, sbias = (p[...].astype(dtype) for p in params)
         # (N*G, H, W, C/G): torch's view(b * G, -1, h, w) with the channels last.
         grouped = x.astype(dtype).reshape(b, h, w, g, c // g).transpose(0, 3, 1, 2, 4).reshape(b * g, h, w, c // g)
         x_channel, x_spatial = jnp.split(grouped, 2, axis=-1)
-        x_channel = x_channel * jax.nn.sigmoid(cweight * x_channel.mean((1, 2), keepdims=True) + cbias)
+        x_channel = x_channel * jax.nn.sigmoid(cweight * stable_mean(x_channel, (1, 2), keepdims=True) + cbias)
         x_spatial = x_spatial * jax.nn.sigmoid(sweight * self.gn(x_spatial) + sbias)
         out = jnp.concatenate([x_channel, x_spatial], axis=-1)
         out = out.reshape(b, g, h, w, c // g).transpose(0, 2, 3, 1, 4).reshape(b, h, w, 2, c // 2)

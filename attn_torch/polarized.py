@@ -14,6 +14,11 @@ from attn_common.validation import check_at_least
 from attn_torch._registry import register
 
 
+def _softmax_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim computed in float32 (CPU autocast leaves it in bf16), in ``logits``' dtype."""
+    return torch.softmax(logits, dim=-1, dtype=torch.float32).to(logits.dtype)
+
+
 class _PolarizedSelfAttention(nn.Module):
     """The channel-only and spatial-only branches shared by both layouts."""
 
@@ -33,14 +38,14 @@ class _PolarizedSelfAttention(nn.Module):
     def channel_gate(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, 1, 1)``: values pooled with softmax weights over the H*W positions."""
         value = self.ch_wv(x).flatten(2)  # (N, C/2, HW)
-        query = torch.softmax(self.ch_wq(x).flatten(2), dim=-1)  # (N, 1, HW)
+        query = _softmax_float32(self.ch_wq(x).flatten(2))  # (N, 1, HW)
         pooled = torch.matmul(value, query.transpose(1, 2))[..., None]  # (N, C/2, 1, 1)
         return torch.sigmoid(self.ln(self.ch_wz(pooled).flatten(1)))[:, :, None, None]
 
     def spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 1, H, W)``: values mixed with softmax weights over the C/2 channels."""
         value = self.sp_wv(x).flatten(2)  # (N, C/2, HW)
-        query = torch.softmax(self.sp_wq(x).mean((2, 3))[:, None, :], dim=-1)  # (N, 1, C/2)
+        query = _softmax_float32(self.sp_wq(x).mean((2, 3))[:, None, :])  # (N, 1, C/2)
         return torch.sigmoid(torch.matmul(query, value).reshape(x.shape[0], 1, *x.shape[2:]))
 
 

@@ -11,6 +11,10 @@ random weights and random BatchNorm statistics, converts it with
 * ``bn_stats``: every buffer (running mean/var, ``num_batches_tracked``) after
   the training step;
 * ``jit``: ``nnx.jit`` of the Flax module against the eager Flax module.
+
+:func:`run_bf16` measures mixed precision: attn_flax with ``dtype=jnp.bfloat16``
+and attn_torch under ``torch.autocast("cpu", dtype=torch.bfloat16)``, each
+against the float32 torch module (eval forward and input gradient).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from flax import nnx
 import attn_torch
 from parity.convert import state_dict, to_flax
 from parity.registry import Case, Spec
-from parity.tolerances import Tolerance, tolerance
+from parity.tolerances import Bf16Tolerance, Tolerance, bf16_tolerance, tolerance
 
 CHECKS = ("eval", "train", "grad_input", "grad_param", "bn_stats", "jit")
 
@@ -166,14 +170,23 @@ def torch_step(module: torch.nn.Module, x: np.ndarray, cotangent: np.ndarray) ->
     return Step(out.detach().numpy().copy(), xt.grad.numpy().copy(), grads)
 
 
-def flax_step(module: nnx.Module, x: np.ndarray, cotangent: np.ndarray, param_names: list[str]) -> Step:
-    cot = jnp.asarray(nhwc(cotangent))
+def _flax_vjp(model: nnx.Module, inputs: jax.Array, cotangent: jax.Array) -> tuple[nnx.State, jax.Array, jax.Array]:
+    """Output and the gradients of ``sum(output * cotangent)``, compiled as one program
+    (a few XLA compilations per case instead of one per eager op; the persistent
+    cache of :mod:`parity.xla_cache` serves repeats)."""
 
     def loss(model: nnx.Module, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
         out = model(inputs)
-        return jnp.sum(out * cot), out
+        return jnp.sum(out * cotangent), out
 
-    (grad_model, grad_x), out = nnx.grad(loss, argnums=(0, 1), has_aux=True)(module, jnp.asarray(nhwc(x)))
+    (grad_model, grad_x), out = nnx.grad(loss, argnums=(0, 1), has_aux=True)(model, inputs)
+    return grad_model, grad_x, out
+
+
+def flax_step(module: nnx.Module, x: np.ndarray, cotangent: np.ndarray, param_names: list[str]) -> Step:
+    # A fresh trace per call: a jit cached across calls would keep serving the old program
+    # to a module whose code changed in between (a patched __call__).
+    grad_model, grad_x, out = nnx.jit(_flax_vjp)(module, jnp.asarray(nhwc(x)), jnp.asarray(nhwc(cotangent)))
     holder = nnx.clone(module)
     nnx.update(holder, grad_model)
     grads = {k: v for k, v in state_dict(holder).items() if k in param_names}
@@ -225,3 +238,108 @@ def run_case(spec: Spec, case: Case, seed: int = 0, jit: bool = True) -> CaseRes
         jitted = np.asarray(nnx.jit(lambda m, v: m(v))(flax_module, xf))
         record("jit", {"output": eager}, {"output": jitted})
     return result
+
+
+# --- bfloat16: attn_flax with dtype=bfloat16 and attn_torch under CPU autocast ---------------
+
+BF16_CHECKS = ("forward", "grad_input")
+BF16_RUNS = ("flax", "torch")  # flax: dtype=jnp.bfloat16, float32 parameters; torch: autocast
+
+
+def relative_error(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """``(||got - ref||_2 / ||ref||_2, max|got - ref| / max|ref|)``; ``inf`` for non-finite values.
+
+    The first, the normwise error, is what the bf16 tolerances judge: a bf16
+    rounding that moves a max-pool's argmax or a ReLU's sign reroutes a gradient
+    element wholesale, which the elementwise max reports as an O(1) error while
+    the normwise error stays at the bf16 level.
+    """
+    ref = np.asarray(reference, np.float64)
+    got = np.asarray(candidate, np.float64)
+    if ref.shape != got.shape or not np.isfinite(got).all():
+        return math.inf, math.inf
+    diff = got - ref
+    norm, peak = float(np.linalg.norm(ref)), float(np.abs(ref).max(initial=0.0))
+    normwise = float(np.linalg.norm(diff)) / norm if norm else (0.0 if not diff.any() else math.inf)
+    elementwise = float(np.abs(diff).max(initial=0.0)) / peak if peak else (0.0 if not diff.any() else math.inf)
+    return normwise, elementwise
+
+
+@dataclass
+class Bf16Result:
+    """bf16 errors of one case: ``errors[(run, check)] = (normwise, elementwise max)``."""
+
+    module: str
+    case: str
+    errors: dict[tuple[str, str], tuple[float, float]]
+    flax_dtype: str  # dtype of the Flax output for a float32 input: must be bfloat16
+    tol: Bf16Tolerance
+
+    def limit(self, check: str) -> float:
+        return getattr(self.tol, check)
+
+    def failures(self) -> list[str]:
+        lines = []
+        if self.flax_dtype != "bfloat16":
+            lines.append(f"{self.module} [{self.case}] bf16: attn_flax output dtype is {self.flax_dtype}, not bfloat16")
+        for (run, check), (normwise, elementwise) in self.errors.items():
+            if not normwise <= self.limit(check):
+                lines.append(
+                    f"{self.module} [{self.case}] bf16 {run} {check}: FAILED: relative error "
+                    f"{normwise:.3g} (normwise; elementwise max {elementwise:.3g}) > tolerance {self.limit(check):g}"
+                )
+        return lines
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures()
+
+
+def flax_bf16_step(module: nnx.Module, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Jitted output and input gradient of ``module`` (NHWC inside, torch layout out), and the output dtype.
+
+    The function is traced afresh on each call (a module-level jit would keep a
+    trace of a monkeypatched ``__call__`` for the next module of the same structure).
+    """
+
+    def loss(model: nnx.Module, inputs: jax.Array, cot: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = model(inputs)
+        return jnp.sum(out.astype(jnp.float32) * cot), out
+
+    vjp = nnx.jit(nnx.grad(loss, argnums=1, has_aux=True))
+    grad_x, out = vjp(module, jnp.asarray(nhwc(x)), jnp.asarray(nhwc(cotangent)))
+    return nchw(np.asarray(out, np.float32)), nchw(np.asarray(grad_x, np.float32)), str(out.dtype)
+
+
+def autocast_step(module: torch.nn.Module, x: np.ndarray, cotangent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Output and input gradient of a float32 torch module run under ``torch.autocast("cpu", bfloat16)``."""
+    xt = torch.tensor(x, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(xt)
+    (out.float() * torch.from_numpy(cotangent)).sum().backward()
+    return out.detach().float().numpy(), xt.grad.numpy().copy()
+
+
+def run_bf16(spec: Spec, case: Case | None = None, seed: int = 0) -> Bf16Result:
+    """bf16 against float32, eval mode: forward and input gradient of ``case`` (default: the first).
+
+    The reference is the float32 torch module; the same weights run in attn_flax
+    with ``dtype=jnp.bfloat16`` (float32 parameters) and in attn_torch under CPU
+    autocast. Both start from the same float32 input and cotangent.
+    """
+    case = case or spec.cases[0]
+    torch.manual_seed(seed)
+    torch_module = randomize_(attn_torch.MODULES[spec.name](**spec.kwargs_for(case)), seed).eval()
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.shape, dtype=np.float32)
+    with torch.no_grad():
+        out_shape = tuple(torch_module(torch.from_numpy(x)).shape)
+    cotangent = rng.standard_normal(out_shape, dtype=np.float32)
+    reference = torch_step(torch_module, x, cotangent)
+    flax_out, flax_grad, flax_dtype = flax_bf16_step(to_flax(torch_module, dtype=jnp.bfloat16), x, cotangent)
+    torch_out, torch_grad = autocast_step(torch_module, x, cotangent)
+    got = {("flax", "forward"): flax_out, ("flax", "grad_input"): flax_grad,
+           ("torch", "forward"): torch_out, ("torch", "grad_input"): torch_grad}
+    want = {"forward": reference.output, "grad_input": reference.grad_input}
+    errors = {key: relative_error(want[key[1]], value) for key, value in got.items()}
+    return Bf16Result(spec.name, case.label, errors, flax_dtype, bf16_tolerance(spec.name))
