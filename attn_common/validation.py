@@ -110,3 +110,10 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
             if choice.lower() == value.lower():
                 return choice
     raise ValueError(f"`{name}`={value!r} is not one of: {', '.join(sorted(choices))}")
+
+
+def check_memory_efficient(value: "bool | None") -> "bool | None":
+    """``memory_efficient`` of DANet's position attention: True, False or None (automatic)."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"`memory_efficient` must be True, False or None (automatic), got {value!r}")
+    return value

@@ -1,10 +1,15 @@
-"""``python -m parity {report,bench,train}``."""
+"""``python -m parity {report,bench,train,memory}``."""
 
 import sys
 
 
 def main() -> int:
-    commands = {"report": "parity.report", "bench": "parity.bench", "train": "parity.training"}
+    commands = {
+        "report": "parity.report",
+        "bench": "parity.bench",
+        "train": "parity.training",
+        "memory": "parity.memory",
+    }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: python -m parity {{{','.join(commands)}}} [options]", file=sys.stderr)
         return 2

@@ -58,6 +58,14 @@ def _standard_cases(channels: int, **kwargs: Any) -> tuple[Case, ...]:
     )
 
 
+def _blockwise_cases() -> tuple[Case, ...]:
+    """DANet's memory-efficient path, forced at sizes where the automatic choice is exact."""
+    return (
+        Case((2, 16, 8, 8), kwargs={"memory_efficient": True}),
+        Case((1, 24, 3, 10), modes=("eval",), kwargs={"channels": 24, "memory_efficient": True}),
+    )
+
+
 SPECS: dict[str, Spec] = {
     spec.name: spec
     for spec in (
@@ -76,7 +84,7 @@ SPECS: dict[str, Spec] = {
         Spec(
             "PositionAttention",
             {"channels": 16},
-            _standard_cases(16) + (Case((2, 24, 3, 10), kwargs={"channels": 24}),),
+            _standard_cases(16) + (Case((2, 24, 3, 10), kwargs={"channels": 24}),) + _blockwise_cases(),
         ),
         Spec(
             "ChannelAttention",
@@ -86,7 +94,7 @@ SPECS: dict[str, Spec] = {
         Spec(
             "DualAttention",
             {"channels": 16},
-            _standard_cases(16) + (Case((2, 24, 3, 10), kwargs={"channels": 24}),),
+            _standard_cases(16) + (Case((2, 24, 3, 10), kwargs={"channels": 24}),) + _blockwise_cases(),
         ),
         Spec(
             "CrissCrossAttention",

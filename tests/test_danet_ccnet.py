@@ -2,19 +2,29 @@
 
 Both packages are checked against independent float64 NumPy formulas (the seed's
 DANet code cannot serve as a reference: it only runs at 512 channels and 7x7),
-plus argument checks, identity at initialisation and bfloat16.
+plus argument checks, identity at initialisation and bfloat16; the memory-efficient
+(blockwise) path of position attention against the exact path and across
+frameworks, and that it never holds the (HW, HW) matrix; criss-cross attention
+against the seed's code, gradients included.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import attn_flax
 import attn_torch
+from attn_flax import danet as flax_danet
+from attn_torch import danet as torch_danet
+from parity import memory
 from parity.convert import to_flax
-from parity.harness import nchw, nhwc, randomize_
+from parity.harness import compare, flax_step, nchw, nhwc, randomize_, relative_error, run_case, torch_step
+from parity.registry import SPECS, Case
+from parity.tolerances import BF16, tolerance
 
 DANET = ("PositionAttention", "ChannelAttention", "DualAttention")
 QUERY_KEY = ("PositionAttention", "DualAttention", "CrissCrossAttention")
@@ -179,3 +189,211 @@ def test_criss_cross_bfloat16():
     out = flax_module(jnp.asarray(nhwc(x.numpy()), jnp.bfloat16))
     assert out.dtype == jnp.bfloat16 and bool(jnp.isfinite(out).all())
     np.testing.assert_allclose(nchw(np.asarray(out, np.float32)), expected.numpy(), rtol=0.1, atol=0.1)
+
+
+# --- the memory-efficient (blockwise) path of PositionAttention / DualAttention -------------
+
+BLOCKWISE = ("PositionAttention", "DualAttention")
+
+
+def _assert_steps_agree(name, reference, candidate, what):
+    checks = [
+        compare("eval", {"output": reference.output}, {"output": candidate.output}, tolerance(name, "eval")),
+        compare("grad_input", {"input": reference.grad_input}, {"input": candidate.grad_input},
+                tolerance(name, "grad_input")),
+        compare("grad_param", reference.grad_params, candidate.grad_params, tolerance(name, "grad_param"),
+                shared_scale=True),
+    ]
+    failures = [c.describe(name, what) for c in checks if not c.passed]
+    assert not failures, "\n".join(failures)
+
+
+def _torch_pair(name, shape, seed=1):
+    exact = randomize_(attn_torch.MODULES[name](shape[1], memory_efficient=False), seed=seed)
+    blockwise = attn_torch.MODULES[name](shape[1], memory_efficient=True)
+    blockwise.load_state_dict(exact.state_dict())
+    return exact, blockwise
+
+
+@pytest.mark.parametrize("name", BLOCKWISE)
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 24, 9, 10), (3, 8, 1, 13)], ids=str)
+def test_blockwise_path_equals_exact_path(name, shape):
+    """Forward, input and parameter gradients, in each framework, within the float32 tolerance."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    cotangent = rng.standard_normal(shape, dtype=np.float32)
+    exact, blockwise = _torch_pair(name, shape)
+    names = [n for n, _ in exact.named_parameters()]
+    _assert_steps_agree(name, torch_step(exact, x, cotangent), torch_step(blockwise, x, cotangent), "torch")
+    flax_exact, flax_blockwise = to_flax(exact), to_flax(blockwise)
+    for module, flag in ((flax_exact, False), (flax_blockwise, True)):  # the converter carries the choice
+        assert getattr(module, "position", module).memory_efficient is flag
+    _assert_steps_agree(name, flax_step(flax_exact, x, cotangent, names),
+                        flax_step(flax_blockwise, x, cotangent, names), "flax")
+
+
+def test_flax_blockwise_over_several_padded_blocks():
+    """35 queries in blocks of 4: nine blocks, the last padded; values and gradients match."""
+    rng = np.random.default_rng(0)
+    q, k = (jnp.asarray(rng.standard_normal((2, 35, 3), dtype=np.float32)) for _ in range(2))
+    v = jnp.asarray(rng.standard_normal((2, 35, 6), dtype=np.float32))
+    cot = jnp.asarray(rng.standard_normal((2, 35, 6), dtype=np.float32))
+
+    def run(attend):
+        out, vjp = jax.vjp(attend, q, k, v)
+        return {"out": out, **dict(zip(("dq", "dk", "dv"), vjp(cot)))}
+
+    exact = run(flax_danet.attend_exact)
+    blockwise = run(lambda *a: flax_danet.attend_blockwise(*a, block=4))
+    result = compare("blockwise", exact, blockwise, tolerance("PositionAttention", "eval"))
+    assert result.passed, result.describe("attend_blockwise", "block=4")
+    assert flax_danet.query_block(8, 12544) * 8 * 12544 <= flax_danet.BLOCK_ENERGIES
+    assert flax_danet.query_block(1, 4) == 4 and flax_danet.query_block(10**6, 10**6) == 1
+
+
+@pytest.mark.parametrize("name", BLOCKWISE)
+@pytest.mark.parametrize("shape", [(2, 16, 8, 8), (1, 24, 3, 10)], ids=str)
+def test_blockwise_parity_torch_vs_flax(name, shape):
+    """Every parity check (eval, train, gradients, jit) with both frameworks on the blockwise path."""
+    case = Case(shape, kwargs={"channels": shape[1], "memory_efficient": True})
+    result = run_case(SPECS[name], case)
+    assert {"eval", "train", "grad_input", "grad_param", "jit"} <= set(result.checks)
+    assert result.passed, "\n".join(result.failures())
+
+
+def test_automatic_path_threshold_is_shared():
+    threshold = torch_danet.MEMORY_EFFICIENT_MIN_PIXELS
+    assert flax_danet.MEMORY_EFFICIENT_MIN_PIXELS == threshold
+    torch_module = attn_torch.PositionAttention(16)
+    flax_module = attn_flax.PositionAttention(16, rngs=nnx.Rngs(0))
+    for module in (torch_module, flax_module):
+        assert module.memory_efficient is None
+        assert not module.uses_blockwise(1, threshold - 1) and module.uses_blockwise(1, threshold)
+        assert not module.uses_blockwise(45, 45) and module.uses_blockwise(46, 46)
+    for flag in (True, False):
+        assert attn_torch.PositionAttention(16, flag).uses_blockwise(1, 1) is flag
+        assert attn_flax.PositionAttention(16, flag, rngs=nnx.Rngs(0)).uses_blockwise(10**4, 10**4) is flag
+
+
+@pytest.mark.parametrize("name", BLOCKWISE)
+def test_automatic_choice_takes_the_blockwise_path_above_the_threshold(name, monkeypatch):
+    calls = []
+    for package in (torch_danet, flax_danet):
+        original = package.attend_blockwise
+        monkeypatch.setattr(package, "attend_blockwise", lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+        monkeypatch.setattr(package, "MEMORY_EFFICIENT_MIN_PIXELS", 30)
+    small, large = (1, 8, 5, 5), (1, 8, 5, 6)
+    for shape, expected in ((small, 0), (large, 1)):
+        calls.clear()
+        with torch.no_grad():
+            attn_torch.MODULES[name](8)(torch.zeros(shape))
+        attn_flax.MODULES[name](8, rngs=nnx.Rngs(0))(jnp.zeros(nhwc(np.zeros(shape)).shape))
+        assert len(calls) == 2 * expected, shape
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, 0.5])
+def test_memory_efficient_must_be_bool_or_none(value):
+    for name in BLOCKWISE:
+        with pytest.raises(ValueError, match="`memory_efficient`"):
+            attn_torch.MODULES[name](16, value)
+        with pytest.raises(ValueError, match="`memory_efficient`"):
+            attn_flax.MODULES[name](16, value, rngs=nnx.Rngs(0))
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def _largest_flax_intermediate(module, x):
+    graph, params = nnx.split(module)
+    closed = jax.make_jaxpr(jax.grad(lambda p, v: nnx.merge(graph, p)(v).sum(), argnums=(0, 1)))(params, x)
+    return max(int(np.prod(var.aval.shape)) for eqn in _equations(closed.jaxpr) for var in eqn.outvars)
+
+
+def _equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_blockwise_path_never_holds_the_attention_matrix(monkeypatch):
+    """Forward and backward: no tensor as large as one image's (HW, HW) matrix; the exact path has one."""
+    shape = (2, 16, 24, 24)
+    matrix = (shape[2] * shape[3]) ** 2
+    exact, blockwise = _torch_pair("PositionAttention", shape)
+    for module, holds in ((exact, True), (blockwise, False)):
+        x = torch.randn(shape, requires_grad=True)
+        with _LargestTensor() as seen:
+            module(x).sum().backward()
+        assert (seen.largest >= matrix) == holds, (holds, seen.largest)
+
+    monkeypatch.setattr(flax_danet, "BLOCK_ENERGIES", 2 * 64 * 576)  # 64 queries per block
+    x = jnp.asarray(nhwc(np.random.default_rng(0).standard_normal(shape, dtype=np.float32)))
+    assert _largest_flax_intermediate(to_flax(exact), x) >= matrix
+    assert _largest_flax_intermediate(to_flax(blockwise), x) <= 2 * 64 * 576
+
+
+@pytest.mark.parametrize("name", BLOCKWISE)
+def test_blockwise_path_in_bf16(name):
+    """Flax ``dtype=bfloat16`` and torch autocast on the blockwise path: within the module's bf16 tolerance."""
+    shape = (2, 16, 8, 8)
+    exact, blockwise = _torch_pair(name, shape)
+    x = np.random.default_rng(4).standard_normal(shape, dtype=np.float32)
+    with torch.no_grad():
+        expected = exact(torch.from_numpy(x)).numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = blockwise(torch.from_numpy(x)).float().numpy()
+    flax_out = to_flax(blockwise, dtype=jnp.bfloat16)(jnp.asarray(nhwc(x)))
+    assert flax_out.dtype == jnp.bfloat16
+    for label, got in (("flax", nchw(np.asarray(flax_out, np.float32))), ("autocast", autocast)):
+        normwise, _ = relative_error(expected, got)
+        assert normwise <= BF16[name].forward, f"{label}: {normwise:.3g}"
+
+
+def test_memory_command_measures_and_skips(capsys):
+    """One real (tiny) measurement in a subprocess; an exact run over the size limit is not started."""
+    code = memory.main(["--shape", "1x8x4x4", "--frameworks", "torch", "--paths", "blockwise", "exact",
+                        "--skip-exact-above", "1e-9"])
+    out = capsys.readouterr().out
+    assert code == 0
+    blockwise_row = next(line for line in out.splitlines() if line.startswith("torch") and "blockwise" in line)
+    assert float(blockwise_row.split()[2]) > 0.01  # a peak RSS in GB
+    assert "not run" in next(line for line in out.splitlines() if line.startswith("torch") and "exact" in line)
+    assert memory.main(["--shape", "1x8x4x4", "--frameworks", "torch", "--paths", "blockwise",
+                        "--limit-gb", "0.001"]) == 1
+
+
+# --- criss-cross attention against the seed's code --------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 16, 1, 6), (2, 32, 6, 1)], ids=str)
+def test_criss_cross_matches_seed_forward_and_gradients(shape):
+    """The rewritten torch module against fightingcv's CrissCrossAttention, in float64."""
+    from fightingcv_attention.attention.CrissCrossAttention import CrissCrossAttention as Seed
+
+    ours = randomize_(attn_torch.CrissCrossAttention(shape[1]), seed=6).double()
+    seed = Seed(shape[1]).double()
+    seed.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for module in (seed, ours):
+        out = module(x)
+        grads = torch.autograd.grad((out * cotangent).sum(), [x, *module.parameters()])
+        results.append((out, grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-10)
+    for got, expected in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
