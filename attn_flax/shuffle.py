@@ -12,7 +12,7 @@ from flax import nnx
 
 from attn_common import check_divisible, check_input, check_positive
 from attn_flax._registry import register
-from attn_flax.layers import ChannelParam, Dtype, GroupNorm, compute_dtype, stable_mean
+from attn_flax.layers import ChannelParam, Dtype, GroupNorm, at_least_float32, compute_dtype, stable_mean
 
 
 @register
@@ -59,15 +59,24 @@ class ShuffleAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "ShuffleAttention")
         b, h, w, c = x.shape
-        g = self.groups
         dtype = compute_dtype(self.dtype, x, self.param_dtype)
-        params = (self.cweight, self.cbias, self.sweight, self.sbias)
-        cweight, cbias, sweight, sbias = (p[...].astype(dtype) for p in params)
-        # (N*G, H, W, C/G): torch's view(b * G, -1, h, w) with the channels last.
-        grouped = x.astype(dtype).reshape(b, h, w, g, c // g).transpose(0, 3, 1, 2, 4).reshape(b * g, h, w, c // g)
-        x_channel, x_spatial = jnp.split(grouped, 2, axis=-1)
-        x_channel = x_channel * jax.nn.sigmoid(cweight * stable_mean(x_channel, (1, 2), keepdims=True) + cbias)
-        x_spatial = x_spatial * jax.nn.sigmoid(sweight * self.gn(x_spatial) + sbias)
-        out = jnp.concatenate([x_channel, x_spatial], axis=-1)
-        out = out.reshape(b, g, h, w, c // g).transpose(0, 2, 3, 1, 4).reshape(b, h, w, 2, c // 2)
-        return out.swapaxes(3, 4).reshape(b, h, w, c)  # channel shuffle with 2 groups
+        # (N, H, W, G, 2, C/2G): torch's view(b * G, -1, h, w) split in halves without moving
+        # data (a transpose to (N*G, H, W, C/G) and back cost a third of the time on CPU).
+        halves = x.astype(dtype).reshape(b, h, w, self.groups, 2, c // (2 * self.groups))
+        x_channel, x_spatial = halves[..., 0, :], halves[..., 1, :]
+        channel_gate = self._affine(self.cweight, self.cbias, stable_mean(x_channel, (1, 2), keepdims=True))
+        spatial_gate = self._affine(self.sweight, self.sbias, self._instance_norm(x_spatial))
+        out = jnp.stack([x_channel * channel_gate, x_spatial * spatial_gate], axis=-2)
+        return out.reshape(b, h, w, 2, c // 2).swapaxes(3, 4).reshape(b, h, w, c)  # shuffle, 2 groups
+
+    def _affine(self, weight: ChannelParam, bias: ChannelParam, t: jax.Array) -> jax.Array:
+        """``sigmoid(weight * t + bias)`` with the ``(1, 1, 1, C/2G)`` parameters on the last axis."""
+        return jax.nn.sigmoid(weight[...].reshape(-1).astype(t.dtype) * t + bias[...].reshape(-1).astype(t.dtype))
+
+    def _instance_norm(self, x: jax.Array) -> jax.Array:
+        """``self.gn`` (one channel per group: torch's GroupNorm(C/2G, C/2G)) over H and W,
+        two-pass, in at least float32."""
+        wide = at_least_float32(x)
+        centred = wide - wide.mean((1, 2), keepdims=True)
+        normed = centred * jax.lax.rsqrt((centred * centred).mean((1, 2), keepdims=True) + self.gn.epsilon)
+        return (normed * self.gn.scale[...] + self.gn.bias[...]).astype(x.dtype)
