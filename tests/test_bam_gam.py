@@ -13,6 +13,7 @@ import attn_flax
 import attn_torch
 from parity.convert import state_dict, to_flax
 from parity.harness import randomize_
+from reference_check import assert_agrees_with_reference
 
 BATCH_1_TRAINING = "BAM in training mode needs more than one value per channel"
 
@@ -40,19 +41,8 @@ def test_bam_reference_state_dict_loads_strictly():
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_bam_agrees_with_the_reference_with_its_padding_fixed(dilation, shape, training):
     pytest.importorskip("fightingcv_attention.attention")
-    torch.manual_seed(0)
-    reference = randomize_(_reference_bam(64, 16, dilation, fix_padding=True), seed=1)
-    ours = attn_torch.BAM(64, reduction=16, dilation=dilation)
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    reference.train(training)
-    ours.train(training)
-    x = torch.randn(shape)
-    with torch.no_grad():
-        expected = reference(x.clone())
-        got = ours(x.clone())
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    for key, value in reference.state_dict().items():  # BatchNorm statistics after the step
-        torch.testing.assert_close(ours.state_dict()[key], value, rtol=1e-6, atol=1e-6)
+    reference = _reference_bam(64, 16, dilation, fix_padding=True)
+    assert_agrees_with_reference(reference, attn_torch.BAM(64, reduction=16, dilation=dilation), shape, training)
 
 
 def test_bam_reference_without_the_fix_only_runs_at_7x7():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import attn_torch
-from parity.harness import randomize_
+from reference_check import assert_agrees_with_reference
 
 fca = pytest.importorskip("fightingcv_attention.attention")
 
@@ -85,16 +85,4 @@ REFERENCES = [
 @pytest.mark.parametrize("name,kwargs,factory,shape", REFERENCES, ids=[r[0] for r in REFERENCES])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_reference_loads_strictly_and_agrees(name, kwargs, factory, shape, training):
-    torch.manual_seed(0)
-    reference = randomize_(factory(), seed=1)
-    ours = attn_torch.MODULES[name](**kwargs)
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    reference.train(training)
-    ours.train(training)
-    x = torch.randn(shape)
-    with torch.no_grad():
-        expected = reference(x.clone())
-        got = ours(x.clone())
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    for key, value in reference.state_dict().items():  # BatchNorm statistics after the step
-        torch.testing.assert_close(ours.state_dict()[key], value, rtol=1e-6, atol=1e-6)
+    assert_agrees_with_reference(factory(), attn_torch.MODULES[name](**kwargs), shape, training)
