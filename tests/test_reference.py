@@ -5,7 +5,6 @@ with the matching hyper-parameters, and an input shape the reference supports.
 """
 
 import pytest
-import torch
 
 import attn_torch
 from reference_check import assert_agrees_with_reference
