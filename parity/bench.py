@@ -12,6 +12,18 @@ times after warm-up:
 * ``R``: one read plus one write of the input tensor (``dst.copy_(src)``), the floor
   for a memory-bound module.
 
+Each round runs every variant ``burst`` times back to back and times all but the
+first call: on a small CPU the first call after switching framework competes with
+the other runtime's worker threads, which keep spinning for a while after their
+last op (measured here: SE flax_eval 7.3 ms right after a torch call, 3.4 ms from
+the second call on; R 2.8 ms against 1.2 ms). A user's loop runs one framework,
+so the steady state is the number that matters.
+
+Alongside the times it counts minor page faults per call (``ru_minflt``): fresh
+pages cost about 0.4 ms per MB here, so a variant whose buffers the C allocator
+hands back to the OS between calls pays for it on every call. The ``MALLOC_*``
+variables in the environment are recorded (see the README's benchmark section).
+
 Prints the median of N rounds with the interquartile spread, the ratios
 torch/Flax and Flax/R; writes JSON and, when matplotlib is installed, a PNG chart.
 Runs on whatever JAX backend is present and says which.
@@ -23,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -54,6 +67,7 @@ class Row:
     module: str
     shape: tuple[int, int, int, int]
     timings: dict[str, Timing] = field(default_factory=dict)
+    faults_per_call: dict[str, float] = field(default_factory=dict)
     compile_s: float | None = None
     error: str | None = None
 
@@ -148,7 +162,9 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
 
 
 def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int, warmup: int,
-              compile_torch: bool) -> Row:
+              compile_torch: bool, burst: int = 3) -> Row:
+    if burst < 2:
+        raise ValueError(f"`burst` must be at least 2 (one untimed call, then timed ones), got {burst}")
     row = Row(name, shape)
     try:
         variants, row.compile_s = _variants(name, shape, dtype, compile_torch)
@@ -159,12 +175,18 @@ def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int
         for fn in variants.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in variants}
+    faults: dict[str, int] = dict.fromkeys(variants, 0)
     for _ in range(reps):
         for key, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            samples[key].append(time.perf_counter() - start)
+            fn()  # the switch-over call, untimed (see the module docstring)
+            for _ in range(burst - 1):
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                start = time.perf_counter()
+                fn()
+                samples[key].append(time.perf_counter() - start)
+                faults[key] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     row.timings = {k: Timing.of(v) for k, v in samples.items()}
+    row.faults_per_call = {k: faults[k] / len(samples[k]) for k in variants}
     return row
 
 
@@ -172,9 +194,16 @@ def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _fmt_faults(row: Row, variant: str) -> str:
+    """Minor page faults per call, in thousands (a 4 KiB page each)."""
+    count = row.faults_per_call.get(variant)
+    return "-" if count is None else f"{count / 1e3:.1f}k"
+
+
 def format_table(rows: list[Row]) -> str:
     header = ["module", "shape", "flax_eval", "torch_eval", "compile_eval", "flax_train", "torch_train",
-              "R", "torch/flax eval", "compile/flax eval", "torch/flax train", "flax_eval/R", "compile_s"]
+              "R", "torch/flax eval", "compile/flax eval", "torch/flax train", "flax_eval/R", "compile_s",
+              "faults flax/torch eval", "faults flax/torch train"]
     body = []
     for r in rows:
         shape = "x".join(map(str, r.shape))
@@ -187,7 +216,9 @@ def format_table(rows: list[Row]) -> str:
                      _fmt_ratio(r.ratio("compile_eval", "flax_eval")),
                      _fmt_ratio(r.ratio("torch_train", "flax_train")),
                      _fmt_ratio(r.ratio("flax_eval", "R")),
-                     "-" if r.compile_s is None else f"{r.compile_s:.1f}"])
+                     "-" if r.compile_s is None else f"{r.compile_s:.1f}",
+                     f"{_fmt_faults(r, 'flax_eval')}/{_fmt_faults(r, 'torch_eval')}",
+                     f"{_fmt_faults(r, 'flax_train')}/{_fmt_faults(r, 'torch_train')}"])
     widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
@@ -207,6 +238,7 @@ def environment() -> dict[str, str]:
         "cpu_count": str(os.cpu_count()),
         "machine": platform.machine(),
         "python": platform.python_version(),
+        **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k in ("XLA_FLAGS", "OMP_WAIT_POLICY")},
     }
 
 
@@ -248,26 +280,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the Flax computation (torch runs float32)")
     parser.add_argument("--reps", type=int, default=20, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--burst", type=int, default=3,
+                        help="calls per variant per round, the first untimed (default 3)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--json", default="bench_results/bench.json", help="where to write the JSON results")
     parser.add_argument("--png", default="bench_results/bench.png", help="chart (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.burst < 2:
+        parser.error(f"--burst must be at least 2 (one untimed call, then timed ones), got {args.burst}")
+    if args.reps < 1:
+        parser.error(f"--reps must be at least 1, got {args.reps}")
 
     env = environment()
     print(f"bench: JAX backend {env['jax_backend']} ({env['jax_device']}), torch {env['torch']} "
-          f"with {env['torch_threads']} threads, {args.reps} interleaved rounds", file=sys.stderr)
+          f"with {env['torch_threads']} threads, {args.reps} interleaved rounds of {args.burst} calls",
+          file=sys.stderr)
     rows = []
     for name in args.modules:
         for shape in args.shapes:
             start = time.perf_counter()
-            rows.append(bench_one(name, shape, args.dtype, args.reps, args.warmup, not args.no_compile))
+            rows.append(bench_one(name, shape, args.dtype, args.reps, args.warmup, not args.no_compile,
+                                  args.burst))
             print(f"  {name} {'x'.join(map(str, shape))} done in {time.perf_counter() - start:.1f}s",
                   file=sys.stderr)
     print(f"times in ms, median±half-IQR; JAX backend {env['jax_backend']} ({env['jax_device']})")
     print(format_table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"environment": env, "dtype": args.dtype, "reps": args.reps,
+        json.dump({"environment": env, "dtype": args.dtype, "reps": args.reps, "burst": args.burst,
                    "rows": [asdict(r) for r in rows]}, f, indent=1)
     charted = write_chart(rows, args.png)
     print(f"wrote {args.json}" + (f" and {args.png}" if charted else " (no matplotlib: no chart)"), file=sys.stderr)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from parity import bench
 
 
@@ -37,3 +39,18 @@ def test_bench_reports_a_rejected_shape_as_an_error(tmp_path):
                        "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")])
     row = json.loads(out.read_text())["rows"][0]
     assert code == 1 and "ValueError" in row["error"]
+
+
+def test_bench_counts_page_faults_and_rejects_a_burst_without_timed_calls(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--modules", "SE", "--shapes", "1x16x4x4", "--reps", "1", "--warmup", "1", "--burst", "2",
+                       "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")]) == 0
+    data = json.loads(out.read_text())
+    assert data["burst"] == 2
+    faults = data["rows"][0]["faults_per_call"]
+    assert set(faults) == set(data["rows"][0]["timings"]) and all(f >= 0 for f in faults.values())
+    assert "faults flax/torch eval" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--modules", "SE", "--burst", "1", "--json", str(out)])
+    assert exit_.value.code == 2
+    assert "--burst must be at least 2" in capsys.readouterr().err
