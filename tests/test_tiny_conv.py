@@ -1,0 +1,87 @@
+"""The shifted-sum path of ``attn_flax.layers.conv_general_dilated`` is the same convolution.
+
+Compared in float64 against ``jax.lax.conv_general_dilated`` (forward, input and kernel
+gradients), so any indexing mistake shows as an O(1) error, not rounding.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import attn_flax
+from attn_flax.layers import SHIFTED_SUM_MAX_TERMS, Conv2d, conv_general_dilated
+
+CHANNELS_LAST = {4: ("NHWC", "HWIO", "NHWC"), 3: ("NWC", "WIO", "NWC")}
+
+CASES = [  # input shape, kernel shape, padding, dilation
+    ((2, 9, 11, 2), (7, 7, 2, 1), ((3, 3), (3, 3)), (1, 1)),  # CBAM's spatial gate
+    ((2, 9, 11, 3), (3, 3, 3, 1), ((2, 2), (2, 2)), (2, 2)),  # dilated
+    ((2, 8, 8, 2), (3, 3, 2, 1), ((0, 1), (2, 0)), (1, 1)),  # asymmetric padding
+    ((2, 6, 5, 16), (1, 1, 16, 1), ((0, 0), (0, 0)), (1, 1)),  # BAM's last 1x1
+    ((2, 8, 8, 1), (1, 1, 1, 1), ((1, 1), (1, 1)), (1, 1)),  # padding wider than the kernel
+    ((3, 10, 1), (5, 1, 1), ((2, 2),), (1,)),  # ECA's Conv1d
+]
+
+
+def _conv_pair(shape, kernel_shape, padding, dilation, strides=None):
+    strides = strides or (1,) * (len(shape) - 2)
+    numbers = jax.lax.conv_dimension_numbers(shape, kernel_shape, CHANNELS_LAST[len(shape)])
+
+    def reference(x, k):
+        return jax.lax.conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=numbers)
+
+    def ours(x, k):
+        return conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=numbers)
+
+    return reference, ours
+
+
+@pytest.mark.parametrize("shape, kernel_shape, padding, dilation", CASES)
+def test_shifted_sums_equal_the_convolution_and_its_gradients(shape, kernel_shape, padding, dilation):
+    assert np.prod(kernel_shape[:-1]) <= SHIFTED_SUM_MAX_TERMS  # every case takes the shifted-sum path
+    rng = np.random.default_rng(0)
+    reference, ours = _conv_pair(shape, kernel_shape, padding, dilation)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal(shape))
+        k = jnp.asarray(rng.standard_normal(kernel_shape))
+        assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, k))
+        expected, expected_vjp = jax.vjp(reference, x, k)
+        got, got_vjp = jax.vjp(ours, x, k)
+        cotangent = jnp.asarray(rng.standard_normal(expected.shape))
+        assert got.dtype == jnp.float64 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        for g, e in zip(got_vjp(cotangent), expected_vjp(cotangent)):
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("strides, padding, outputs", [
+    ((2, 2), ((1, 1), (1, 1)), 1),  # strided
+    ((1, 1), ((-1, 1), (0, 0)), 1),  # cropping
+    ((1, 1), ((1, 1), (1, 1)), 2),  # several output channels
+])
+def test_strided_cropping_and_multi_output_convolutions_go_to_lax(strides, padding, outputs):
+    shape, kernel_shape = (1, 6, 6, 2), (3, 3, 2, outputs)
+    reference, ours = _conv_pair(shape, kernel_shape, padding, (1, 1), strides)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal(shape), jnp.float32)
+    k = jnp.asarray(np.random.default_rng(2).standard_normal(kernel_shape), jnp.float32)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(ours)(x, k))
+    np.testing.assert_array_equal(ours(x, k), reference(x, k))
+
+
+def test_only_tiny_convolutions_take_the_shifted_sum_path():
+    x = jnp.ones((1, 8, 8, 64))
+    big = Conv2d(64, 1, 3, padding=1, rngs=nnx.Rngs(0))  # 576 multiply-adds per output
+    assert "conv_general_dilated" in str(jax.make_jaxpr(big)(x))
+    cbam = attn_flax.CBAM(64, rngs=nnx.Rngs(0))
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(cbam.sa)(x))
+
+
+def test_bfloat16_computes_in_float32_and_returns_bfloat16():
+    conv = Conv2d(2, 1, 7, padding=3, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 9, 9, 2)), jnp.float32)
+    out = conv(x)
+    assert out.dtype == jnp.bfloat16
+    exact = Conv2d(2, 1, 7, padding=3, rngs=nnx.Rngs(0))(x.astype(jnp.bfloat16).astype(jnp.float32))
+    np.testing.assert_allclose(out.astype(jnp.float32), exact, rtol=1e-2, atol=1e-2)
