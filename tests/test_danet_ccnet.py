@@ -367,8 +367,9 @@ def test_memory_command_measures_and_skips(capsys):
     """One real (tiny) measurement in a subprocess; an exact run over the size limit is not started."""
     code = memory.main(["--shape", "1x8x4x4", "--frameworks", "torch", "--paths", "blockwise", "exact",
                         "--skip-exact-above", "1e-9"])
-    out = capsys.readouterr().out
-    assert code == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, out + captured.err
     blockwise_row = next(line for line in out.splitlines() if line.startswith("torch") and "blockwise" in line)
     assert float(blockwise_row.split()[2]) > 0.01  # a peak RSS in GB
     assert "not run" in next(line for line in out.splitlines() if line.startswith("torch") and "exact" in line)

@@ -85,3 +85,25 @@ def test_bfloat16_computes_in_float32_and_returns_bfloat16():
     assert out.dtype == jnp.bfloat16
     exact = Conv2d(2, 1, 7, padding=3, rngs=nnx.Rngs(0))(x.astype(jnp.bfloat16).astype(jnp.float32))
     np.testing.assert_allclose(out.astype(jnp.float32), exact, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("shape, outputs", [((2, 5, 7, 16), 8), ((3, 9, 4), 5)])
+def test_pointwise_convolutions_run_as_one_matrix_product(shape, outputs):
+    kernel_shape = (1,) * (len(shape) - 2) + (shape[-1], outputs)
+    padding = ((0, 0),) * (len(shape) - 2)
+    reference, ours = _conv_pair(shape, kernel_shape, padding, (1,) * (len(shape) - 2))
+    rng = np.random.default_rng(4)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal(shape))
+        k = jnp.asarray(rng.standard_normal(kernel_shape))
+        jaxpr = str(jax.make_jaxpr(ours)(x, k))
+        assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+        expected, expected_vjp = jax.vjp(reference, x, k)
+        got, got_vjp = jax.vjp(ours, x, k)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        cotangent = jnp.asarray(rng.standard_normal(expected.shape))
+        for g, e in zip(got_vjp(cotangent), expected_vjp(cotangent)):
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
+    padded = ((1, 1),) * (len(shape) - 2)  # padding makes it a real convolution again
+    _, padded_conv = _conv_pair(shape, kernel_shape, padded, (1,) * (len(shape) - 2))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(padded_conv)(np.ones(shape, "f4"), np.ones(kernel_shape, "f4")))
