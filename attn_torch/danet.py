@@ -75,8 +75,8 @@ class PositionAttention(nn.Module):
     Two paths compute the same function. The exact path builds the matrix: memory
     grows as ``N (HW)^2``. The memory-efficient path (:func:`attend_blockwise`,
     ``F.scaled_dot_product_attention``) never holds it: forward + backward at
-    8x64x112x112, where one copy of the matrix is 5 GB, peaks at 0.77 GB resident
-    for the whole process, 0.48 GB above its size before the step
+    8x64x112x112, where one copy of the matrix is 5 GB, peaks at 0.75 GB resident
+    for the whole process, 0.46 GB above its size before the step
     (``python -m parity.memory``, CPU). The two agree within the
     float32 parity tolerance. The softmax runs in float32, also under
     ``torch.autocast``.
