@@ -127,44 +127,33 @@ def conv_general_dilated(
     """
     *window, in_channels, out_channels = rhs.shape
     spatial = len(window)
-    tiny = (
+    # Channels-last, ungrouped, stride 1, explicit non-negative padding: the forms rewritten here.
+    simple = (
         spatial in _CHANNELS_LAST
         and feature_group_count == 1
         and not isinstance(padding, str)
         and all(s == 1 for s in window_strides)
         and all(d == 1 for d in (lhs_dilation or ()))
-        and out_channels == 1
-        and math.prod(window) * in_channels <= SHIFTED_SUM_MAX_TERMS
         and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _CHANNELS_LAST[spatial])
     )
     dilation = tuple(rhs_dilation or (1,) * spatial)
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding) if tiny else padding
-    if tiny and (min(min(pair) for pair in padding) < 0
-                 or min(_output_sizes(lhs.shape[1:-1], window, padding, dilation)) < 1):
-        tiny = False  # cropping, or an empty output: lax handles it (or raises its own error)
-    pointwise = (
-        spatial in _CHANNELS_LAST
-        and feature_group_count == 1
-        and math.prod(window) == 1
-        and not isinstance(padding, str)
-        and all(s == 1 for s in window_strides)
-        and all(d == 1 for d in (lhs_dilation or ()))
-        and all(lo == 0 and hi == 0 for lo, hi in padding)
-        and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _CHANNELS_LAST[spatial])
-    )
-    if pointwise and not tiny:
+    if simple:
+        padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+        sizes = _output_sizes(lhs.shape[1:-1], window, padding, dilation)
+        simple = min(min(pair) for pair in padding) >= 0 and min(sizes) >= 1  # else lax crops or raises
+    tiny = simple and out_channels == 1 and math.prod(window) * in_channels <= SHIFTED_SUM_MAX_TERMS
+    if tiny:
+        result_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+        wide = jnp.promote_types(result_dtype, jnp.float32)
+        return _tiny_conv(lhs.astype(wide), rhs.astype(wide), padding, dilation).astype(result_dtype)
+    if simple and math.prod(window) == 1 and not any(map(any, padding)):
         return jax.lax.dot_general(lhs, rhs.reshape(in_channels, out_channels), (((lhs.ndim - 1,), (0,)), ((), ())),
                                    precision=precision, preferred_element_type=preferred_element_type)
-    if not tiny:
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, precision=precision, preferred_element_type=preferred_element_type, **kwargs,
-        )
-    result_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
-    wide = jnp.promote_types(result_dtype, jnp.float32)
-    return _tiny_conv(lhs.astype(wide), rhs.astype(wide), padding, dilation).astype(result_dtype)
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, precision=precision, preferred_element_type=preferred_element_type, **kwargs,
+    )
 
 
 def _output_sizes(sizes: Sequence[int], window: Sequence[int], padding: Sequence[tuple[int, int]],
