@@ -6,6 +6,8 @@ Convolutional Networks", 2019. https://arxiv.org/abs/1905.09646
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -63,11 +65,16 @@ class SGE(nnx.Module):
         why = f"SGE divides by the unbiased std over the H*W positions, NaN for one; input shape {tuple(x.shape)}"
         check_at_least("H*W", h * w, 2, why)
         dtype = compute_dtype(self.dtype, x, self.param_dtype)
-        grouped = x.astype(dtype).reshape(b, h, w, self.groups, c // self.groups)
-        t = (grouped * stable_mean(grouped, (1, 2), keepdims=True)).sum(-1)  # (N, H, W, G)
-        t = self._standardize(t).astype(dtype)
+        x = x.astype(dtype)
+        t = self._standardize(self._similarity_to_group_mean(x)).astype(dtype)  # (N, H, W, G)
         gate = jax.nn.sigmoid(t * self.weight[...].astype(dtype) + self.bias[...].astype(dtype))
-        return (grouped * gate[..., None]).reshape(b, h, w, c)
+        return (x.reshape(b, h, w, self.groups, c // self.groups) * gate[..., None]).reshape(b, h, w, c)
+
+    def _similarity_to_group_mean(self, x: jax.Array) -> jax.Array:
+        """``t[n, h, w, g] = sum_k x[n, h, w, g, k] * mean_hw(x)[n, g, k]``."""
+        b, h, w, c = x.shape
+        t = _grouped_similarity(x.reshape(b, h * w, c), self.groups)
+        return t.reshape(b, h, w, self.groups)
 
     @staticmethod
     def _standardize(t: jax.Array) -> jax.Array:
@@ -75,3 +82,46 @@ class SGE(nnx.Module):
         t = at_least_float32(t)
         t = t - t.mean((1, 2), keepdims=True)
         return t / (t.std((1, 2), ddof=1, keepdims=True) + 1e-5)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _grouped_similarity(x: jax.Array, groups: int) -> jax.Array:
+    """``t[n, p, g] = sum_k x[n, p, g, k] * mean_p(x)[n, g, k]`` for ``x`` of shape (N, P, C).
+
+    Both directions are matrix products, each of which reads ``x`` once in its own layout:
+    written with broadcasts, XLA:CPU stored the full-size ``x * mean`` (SGE eval at
+    32x256x28x28: 4.7-15.6 ms, as a product 4.0-4.4 ms), and autodiff's gradient contracted
+    ``x`` over its positions (8.4 ms alone) or fused a small reduction into the full-size
+    gradient (training step 25 -> 18 ms written as below).
+    """
+    return _grouped_similarity_fwd(x, groups)[0]
+
+
+def _block_diagonal(mean: jax.Array, groups: int) -> jax.Array:
+    """``(N, C)`` -> ``(N, C, G)``, column ``g`` holding ``mean`` on the channels of group ``g``."""
+    group_of_channel = jnp.repeat(jnp.eye(groups, dtype=mean.dtype), mean.shape[1] // groups, axis=0)
+    return mean[:, :, None] * group_of_channel
+
+
+def _grouped_similarity_fwd(x: jax.Array, groups: int):
+    mean = stable_mean(x, 1)
+    t = jax.lax.dot_general(x, _block_diagonal(mean, groups), (((2,), (1,)), ((0,), (0,))),
+                            preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+    return t, (x, mean)
+
+
+def _grouped_similarity_bwd(groups: int, residuals, dt: jax.Array):
+    x, mean = residuals
+    n, p, c = x.shape
+    # The mean's gradient dmean[n, c] = sum_p x[n, p, c] dt[n, p, group(c)]: the diagonal blocks of dt^T x.
+    every_group = jax.lax.dot_general(dt.astype(x.dtype), x, (((1,), (1,)), ((0,), (0,))),
+                                      preferred_element_type=dt.dtype).reshape(n, groups, groups, c // groups)
+    dmean = (every_group * jnp.eye(groups, dtype=dt.dtype)[:, :, None]).sum(1).reshape(n, c)
+    # dx = dt . block_diagonal(mean)^T + dmean / P, as one product of [dt, 1/P] with [block_diagonal, dmean].
+    lhs = jnp.concatenate([dt, jnp.full((n, p, 1), 1.0 / p, dt.dtype)], axis=-1)
+    rhs = jnp.concatenate([_block_diagonal(mean.astype(dt.dtype), groups), dmean[:, :, None]], axis=-1)
+    dx = jax.lax.dot_general(lhs, rhs, (((2,), (2,)), ((0,), (0,))))
+    return (dx.astype(x.dtype),)
+
+
+_grouped_similarity.defvjp(_grouped_similarity_fwd, _grouped_similarity_bwd)

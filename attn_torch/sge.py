@@ -55,9 +55,20 @@ class SGE(nn.Module):
         check_divisible("channels", c, "`groups`", self.groups)
         why = f"SGE divides by the unbiased std over the H*W positions, NaN for one; input shape {tuple(x.shape)}"
         check_at_least("H*W", h * w, 2, why)
-        grouped = x.reshape(b, self.groups, c // self.groups, h, w)
-        t = (grouped * grouped.mean((3, 4), keepdim=True)).sum(2)  # (N, G, H, W)
+        t = self._similarity_to_group_mean(x)  # (N, G, H, W)
         t = t - t.mean((2, 3), keepdim=True)
         t = t / (t.std((2, 3), keepdim=True) + 1e-5)
         gate = torch.sigmoid(t * self.weight + self.bias)
-        return (grouped * gate[:, :, None]).reshape(b, c, h, w)
+        return (x.reshape(b, self.groups, c // self.groups, h, w) * gate[:, :, None]).reshape(b, c, h, w)
+
+    def _similarity_to_group_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """``t[n, g] = sum_k x[n, g, k] * mean_hw(x)[n, g, k]`` as one batched matrix product.
+
+        A block-diagonal ``(G, C)`` matrix per sample times ``x`` viewed as ``(C, H*W)``:
+        no full-size ``x * mean`` temporary (eval at 32x256x28x28: 2.0 -> 1.1 ms here).
+        """
+        b, c, h, w = x.shape
+        group_of_channel = torch.eye(self.groups, dtype=x.dtype, device=x.device).repeat_interleave(
+            c // self.groups, dim=1)
+        block_diagonal = x.mean((2, 3))[:, None, :] * group_of_channel  # (N, G, C)
+        return torch.bmm(block_diagonal, x.reshape(b, c, h * w)).reshape(b, self.groups, h, w)

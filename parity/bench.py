@@ -12,12 +12,14 @@ times after warm-up:
 * ``R``: one read plus one write of the input tensor (``dst.copy_(src)``), the floor
   for a memory-bound module.
 
-Each round runs every variant ``burst`` times back to back and times all but the
-first call: on a small CPU the first call after switching framework competes with
-the other runtime's worker threads, which keep spinning for a while after their
-last op (measured here: SE flax_eval 7.3 ms right after a torch call, 3.4 ms from
-the second call on; R 2.8 ms against 1.2 ms). A user's loop runs one framework,
-so the steady state is the number that matters.
+Each round runs every variant back to back: first untimed, until at least
+``settle_ms`` have passed since the switch (and at least one call), then ``burst``
+timed calls. On a small CPU the calls after switching framework compete with the
+other runtime's worker threads, which keep spinning for a while after their last op:
+measured here at 32x256x28x28, Flax SE took 5.8, 4.3, 3.0 ms in its first calls after
+a torch burst and settled at 1.4 ms only ~30 ms later (torch SE 3.6 -> 1.5 ms, R 1.9 ->
+0.95 ms). A user's loop runs one framework, so the steady state is the number that
+matters; ``--settle-ms 0`` keeps just the first call untimed.
 
 Alongside the times it counts minor page faults per call (``ru_minflt``): fresh
 pages cost about 0.4 ms per MB here (two 25 MB buffers a call: 6.4 ms without
@@ -120,10 +122,10 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
     flax_module.train()
     graph_t, params, rest = nnx.split(flax_module, nnx.Param, ...)
 
-    def loss(p, r, v):
+    def loss(p, r, v, cotangent):  # the cotangent an argument: closed over, XLA would embed it as a constant
         model = nnx.merge(graph_t, p, r, copy=True)
         y = model(v)
-        return jnp.vdot(y.astype(jnp.float32), cot_j.astype(jnp.float32)), nnx.state(model, nnx.Not(nnx.Param))
+        return jnp.vdot(y.astype(jnp.float32), cotangent.astype(jnp.float32)), nnx.state(model, nnx.Not(nnx.Param))
 
     grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True))
 
@@ -145,7 +147,7 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
     variants: dict[str, Callable[[], None]] = {
         "flax_eval": lambda: eval_fn(state, x_j).block_until_ready(),
         "torch_eval": torch_eval,
-        "flax_train": lambda: jax.block_until_ready(grad_fn(params, rest, x_j)),
+        "flax_train": lambda: jax.block_until_ready(grad_fn(params, rest, x_j, cot_j)),
         "torch_train": torch_step,
         "R": lambda: destination.copy_(x_t),
     }
@@ -166,9 +168,11 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
 
 
 def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int, warmup: int,
-              compile_torch: bool, burst: int = 3) -> Row:
-    if burst < 2:
-        raise ValueError(f"`burst` must be at least 2 (one untimed call, then timed ones), got {burst}")
+              compile_torch: bool, burst: int = 2, settle_ms: float = 50.0) -> Row:
+    if burst < 1:
+        raise ValueError(f"`burst` must be at least 1 timed call per round, got {burst}")
+    if settle_ms < 0:
+        raise ValueError(f"`settle_ms` must be non-negative, got {settle_ms}")
     row = Row(name, shape)
     try:
         variants, row.compile_s = _variants(name, shape, dtype, compile_torch)
@@ -182,8 +186,8 @@ def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int
     faults: dict[str, int] = dict.fromkeys(variants, 0)
     for _ in range(reps):
         for key, fn in variants.items():
-            fn()  # the switch-over call, untimed (see the module docstring)
-            for _ in range(burst - 1):
+            _settle(fn, settle_ms / 1e3)
+            for _ in range(burst):
                 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 start = time.perf_counter()
                 fn()
@@ -192,6 +196,14 @@ def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int
     row.timings = {k: Timing.of(v) for k, v in samples.items()}
     row.faults_per_call = {k: faults[k] / len(samples[k]) for k in variants}
     return row
+
+
+def _settle(fn: Callable[[], None], seconds: float) -> None:
+    """Untimed calls until ``seconds`` have passed, at least one (see the module docstring)."""
+    deadline = time.perf_counter() + seconds
+    fn()
+    while time.perf_counter() < deadline:
+        fn()
 
 
 def _fmt_ratio(value: float | None) -> str:
@@ -284,34 +296,39 @@ def main(argv: list[str] | None = None) -> int:
                         help="dtype of the Flax computation (torch runs float32)")
     parser.add_argument("--reps", type=int, default=20, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--burst", type=int, default=3,
-                        help="calls per variant per round, the first untimed (default 3)")
+    parser.add_argument("--burst", type=int, default=2, help="timed calls per variant per round (default 2)")
+    parser.add_argument("--settle-ms", type=float, default=50.0,
+                        help="untimed calls per variant per round before the timed ones, for at least this "
+                             "long and at least one call (default 50)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--json", default="bench_results/bench.json", help="where to write the JSON results")
     parser.add_argument("--png", default="bench_results/bench.png", help="chart (needs matplotlib)")
     args = parser.parse_args(argv)
-    if args.burst < 2:
-        parser.error(f"--burst must be at least 2 (one untimed call, then timed ones), got {args.burst}")
+    if args.burst < 1:
+        parser.error(f"--burst must be at least 1 (timed calls per variant per round), got {args.burst}")
+    if args.settle_ms < 0:
+        parser.error(f"--settle-ms must be non-negative, got {args.settle_ms}")
     if args.reps < 1:
         parser.error(f"--reps must be at least 1, got {args.reps}")
 
     env = environment()
     print(f"bench: JAX backend {env['jax_backend']} ({env['jax_device']}), torch {env['torch']} "
-          f"with {env['torch_threads']} threads, {args.reps} interleaved rounds of {args.burst} calls",
+          f"with {env['torch_threads']} threads, {args.reps} interleaved rounds of {args.burst} "
+          f"timed calls after {args.settle_ms:g} ms of untimed ones",
           file=sys.stderr)
     rows = []
     for name in args.modules:
         for shape in args.shapes:
             start = time.perf_counter()
             rows.append(bench_one(name, shape, args.dtype, args.reps, args.warmup, not args.no_compile,
-                                  args.burst))
+                                  args.burst, args.settle_ms))
             print(f"  {name} {'x'.join(map(str, shape))} done in {time.perf_counter() - start:.1f}s",
                   file=sys.stderr)
     print(f"times in ms, median±half-IQR; JAX backend {env['jax_backend']} ({env['jax_device']})")
     print(format_table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump({"environment": env, "dtype": args.dtype, "reps": args.reps, "burst": args.burst,
+        json.dump({"environment": env, "dtype": args.dtype, "reps": args.reps, "burst": args.burst, "settle_ms": args.settle_ms,
                    "rows": [asdict(r) for r in rows]}, f, indent=1)
     charted = write_chart(rows, args.png)
     print(f"wrote {args.json}" + (f" and {args.png}" if charted else " (no matplotlib: no chart)"), file=sys.stderr)

@@ -1,6 +1,7 @@
 """The benchmark runs end to end on a tiny shape (speed goals are never tested here)."""
 
 import json
+import time
 
 import pytest
 
@@ -44,13 +45,25 @@ def test_bench_reports_a_rejected_shape_as_an_error(tmp_path):
 def test_bench_counts_page_faults_and_rejects_a_burst_without_timed_calls(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(["--modules", "SE", "--shapes", "1x16x4x4", "--reps", "1", "--warmup", "1", "--burst", "2",
-                       "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")]) == 0
+                       "--settle-ms", "1", "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")]) == 0
     data = json.loads(out.read_text())
-    assert data["burst"] == 2
+    assert data["burst"] == 2 and data["settle_ms"] == 1
     faults = data["rows"][0]["faults_per_call"]
     assert set(faults) == set(data["rows"][0]["timings"]) and all(f >= 0 for f in faults.values())
     assert "faults flax/torch eval" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_:
-        bench.main(["--modules", "SE", "--burst", "1", "--json", str(out)])
-    assert exit_.value.code == 2
-    assert "--burst must be at least 2" in capsys.readouterr().err
+    for bad, message in ((["--burst", "0"], "--burst must be at least 1"),
+                         (["--settle-ms", "-1"], "--settle-ms must be non-negative")):
+        with pytest.raises(SystemExit) as exit_:
+            bench.main(["--modules", "SE", *bad, "--json", str(out)])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_settle_calls_until_the_time_has_passed_and_at_least_once():
+    calls = []
+    bench._settle(lambda: calls.append(time.perf_counter()), 0.0)
+    assert len(calls) == 1
+    calls.clear()
+    start = time.perf_counter()
+    bench._settle(lambda: (calls.append(None), time.sleep(0.002)), 0.02)
+    assert time.perf_counter() - start >= 0.02 and 2 <= len(calls) <= 11
