@@ -120,9 +120,9 @@ def conv_general_dilated(
     """``jax.lax.conv_general_dilated``, with tiny gate and 1x1 convolutions computed faster.
 
     A channels-last, ungrouped, stride-1 convolution to one output channel, with
-    non-negative explicit padding and at most ``SHIFTED_SUM_MAX_TERMS`` multiply-adds
-    per output value (kernel taps times input channels: CBAM's 2 -> 1 channel 7x7
-    gate has 98, BAM's last 1x1 C/r, ECA's 1-D conv k) is computed as a sum of shifted
+    non-negative explicit padding, not an unpadded 1x1 (below), and at most
+    ``SHIFTED_SUM_MAX_TERMS`` multiply-adds per output value (kernel taps times input channels: CBAM's 2 -> 1
+    channel 7x7 gate has 98, ECA's 1-D conv k) is computed as a sum of shifted
     slices of the padded input, accumulated in at least float32, which XLA fuses into
     one pass; its gradients are XLA's transposed convolutions, as before (see
     ``_tiny_conv``). XLA:CPU's convolution kernel is slow for so few channels: the
@@ -135,7 +135,10 @@ def conv_general_dilated(
     A pointwise (1x1, stride 1, unpadded, ungrouped) convolution is a matrix product
     over the channel axis and runs as one (``jax.lax.dot_general``): XLA:CPU took
     28-38 ms for a 256 -> 128 1x1 convolution at 32x28x28 and 5.6-8.4 ms for the same
-    product as a dot (torch: 14 ms). Every other convolution goes to
+    product as a dot (torch: 14 ms). That includes one-output 1x1 convolutions: as
+    shifted sums XLA stored one slice per input channel before summing them
+    (SequentialPolarizedSelfAttention eval at 8x64x56x56: 6.2-7.0 -> 3.5-4.1 ms as a dot).
+    Every other convolution goes to
     ``jax.lax.conv_general_dilated`` unchanged.
     """
     *window, in_channels, out_channels = rhs.shape
@@ -155,12 +158,13 @@ def conv_general_dilated(
         padding = tuple((int(lo), int(hi)) for lo, hi in padding)
         sizes = _output_sizes(lhs.shape[1:-1], window, padding, dilation)
         simple = min(min(pair) for pair in padding) >= 0 and min(sizes) >= 1  # else lax crops or raises
-    tiny = simple and out_channels == 1 and math.prod(window) * in_channels <= SHIFTED_SUM_MAX_TERMS
+    pointwise = simple and math.prod(window) == 1 and not any(map(any, padding))
+    tiny = simple and not pointwise and out_channels == 1 and math.prod(window) * in_channels <= SHIFTED_SUM_MAX_TERMS
     if tiny:
         result_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
         wide = jnp.promote_types(result_dtype, jnp.float32)
         return _tiny_conv(lhs.astype(wide), rhs.astype(wide), padding, dilation).astype(result_dtype)
-    if simple and math.prod(window) == 1 and not any(map(any, padding)):
+    if pointwise:
         return jax.lax.dot_general(lhs, rhs.reshape(in_channels, out_channels), (((lhs.ndim - 1,), (0,)), ((), ())),
                                    precision=precision, preferred_element_type=preferred_element_type)
     return jax.lax.conv_general_dilated(

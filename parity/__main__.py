@@ -1,4 +1,4 @@
-"""``python -m parity {report,bench,train,memory}``."""
+"""``python -m parity {report,bench,profile,train,memory}``."""
 
 import sys
 
@@ -7,6 +7,7 @@ def main() -> int:
     commands = {
         "report": "parity.report",
         "bench": "parity.bench",
+        "profile": "parity.profile",
         "train": "parity.training",
         "memory": "parity.memory",
     }

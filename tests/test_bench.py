@@ -67,3 +67,17 @@ def test_settle_calls_until_the_time_has_passed_and_at_least_once():
     start = time.perf_counter()
     bench._settle(lambda: (calls.append(None), time.sleep(0.002)), 0.02)
     assert time.perf_counter() - start >= 0.02 and 2 <= len(calls) <= 11
+
+
+def test_profile_lists_the_compiled_ops_by_time(tmp_path, capsys):
+    from parity import profile
+
+    code = profile.main(["SE", "--shape", "2x16x4x4", "--calls", "2", "--warmup", "1", "--trace-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "SE 2x16x4x4 flax_eval" in out and "ms per call" in out
+    wall_ms, ops = profile.profile("SE", (2, 16, 4, 4), "flax_train", calls=2, warmup=1)
+    assert wall_ms > 0 and ops and all(ms >= 0 for _, ms in ops)
+    assert not any(marker in name for name, _ in ops for marker in profile.RUNTIME_EVENTS)
+    with pytest.raises(SystemExit) as exit_:
+        profile.main(["SE", "--calls", "0"])
+    assert exit_.value.code == 2 and "--calls must be at least 1" in capsys.readouterr().err
