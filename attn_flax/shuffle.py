@@ -90,14 +90,19 @@ class _Params(NamedTuple):
 # uncentred sum of g * x like torch's GroupNorm backward.
 
 
+def _layout(channels: int, groups: int):
+    """Which channels are channel-branch ones (C,), and a map of a (C/2G,) parameter onto (C,)."""
+    channel_branch = jnp.arange(channels) % (channels // groups) < channels // (2 * groups)
+    return channel_branch, lambda v: jnp.tile(v, 2 * groups)  # the same value in every half-group
+
+
 def _coefficients(x: jax.Array, params: _Params, groups: int, eps: float):
     """``slope, centre, offset`` (N, C) of the gate, and the statistics the backward needs."""
     b, h, w, c = x.shape
     mean = x.mean((1, 2))
     var = jnp.square(x - mean[:, None, None, :]).mean((1, 2))  # every channel: no copy of the spatial halves
     rstd = jax.lax.rsqrt(var + eps)
-    channel_branch = jnp.arange(c) % (c // groups) < c // (2 * groups)
-    per_channel = lambda v: jnp.tile(v, 2 * groups)  # (C/2G,) -> (C,), the same value in every half-group
+    channel_branch, per_channel = _layout(c, groups)
     slope = jnp.where(channel_branch, 0.0, per_channel(params.sweight * params.gn_scale) * rstd)
     centre = jnp.where(channel_branch, 0.0, mean)
     offset = jnp.where(channel_branch, per_channel(params.cweight) * mean + per_channel(params.cbias),
@@ -145,8 +150,7 @@ def _shuffle_attention_bwd(groups: int, eps: float, residuals, d_out: jax.Array)
     d_z = d_y * x * s * (1 - s)  # gradient at the sigmoid's input
     sum_dz = d_z.sum((1, 2))
     sum_dz_centred = (d_z * x).sum((1, 2)) - centre * sum_dz
-    channel_branch = jnp.arange(c) % (c // groups) < c // (2 * groups)
-    per_channel = lambda v: jnp.tile(v, 2 * groups)
+    channel_branch, per_channel = _layout(c, groups)
     # Through the statistics: a channel-branch gate sees x through its mean; a spatial-branch
     # gate through the instance norm, whose backward is rstd * (g - mean(g) - xhat * mean(g * xhat)).
     d_mean_term = jnp.where(channel_branch, per_channel(params.cweight) * sum_dz, -slope * sum_dz) / positions
