@@ -108,3 +108,31 @@ def test_pointwise_convolutions_run_as_one_matrix_product(shape, outputs):
     padded = ((1, 1),) * (len(shape) - 2)  # padding makes it a convolution (or shifted sums) again
     _, padded_conv = _conv_pair(shape, kernel_shape, padded, (1,) * (len(shape) - 2))
     assert "dot_general" not in str(jax.make_jaxpr(padded_conv)(np.ones(shape, "f4"), np.ones(kernel_shape, "f4")))
+
+
+@pytest.mark.parametrize("shape, kernel_shape, padding, dilation", [
+    ((2, 2, 2, 5), (3, 3, 5, 4), ((1, 1), (1, 1)), (1, 1)),  # a ResNet's last stage on a small image
+    ((2, 1, 1, 3), (3, 3, 3, 2), ((1, 1), (1, 1)), (1, 1)),  # only the centre tap sees the input
+    ((1, 1, 8, 2), (3, 3, 2, 3), ((1, 1), (2, 0)), (1, 1)),  # 8 positions, 9 taps; asymmetric padding
+    ((2, 2, 3, 2), (3, 3, 2, 2), ((2, 2), (2, 2)), (2, 2)),  # dilated
+    ((3, 4, 2), (5, 2, 3), ((2, 2),), (1,)),  # 1-D
+])
+def test_inputs_smaller_than_the_kernel_run_as_one_product_over_the_taps(shape, kernel_shape, padding, dilation):
+    assert np.prod(shape[1:-1]) < np.prod(kernel_shape[:-2])
+    reference, ours = _conv_pair(shape, kernel_shape, padding, dilation)
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal(shape))
+        k = jnp.asarray(rng.standard_normal(kernel_shape))
+        jaxpr = str(jax.make_jaxpr(ours)(x, k))
+        assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
+        expected, expected_vjp = jax.vjp(reference, x, k)
+        got, got_vjp = jax.vjp(ours, x, k)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        cotangent = jnp.asarray(rng.standard_normal(expected.shape))
+        for g, e in zip(got_vjp(cotangent), expected_vjp(cotangent)):
+            np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
+    as_large = (shape[0], 3, 3, shape[-1])  # as many positions as taps: a convolution again
+    _, same_size = _conv_pair(as_large, (3, 3, shape[-1], 2), ((1, 1), (1, 1)), (1, 1))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(same_size)(np.ones(as_large, "f4"), np.ones((3, 3, shape[-1], 2), "f4")))
