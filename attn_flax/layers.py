@@ -5,8 +5,9 @@ with explicit symmetric padding and PyTorch's default initialisation
 (kaiming-uniform with ``a=sqrt(5)``, bias ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``),
 so a model trained from scratch starts from the same distribution in both
 frameworks; the convolutions compute through :func:`conv_general_dilated`, which
-runs tiny one-output gate convolutions (CBAM, BAM, ECA) as fused shifted sums and
-1x1 convolutions as matrix products. ``BatchNorm`` follows torch's update rule exactly (see its docstring);
+runs tiny one-output gate convolutions (CBAM, BAM, ECA) as fused shifted sums,
+1x1 convolutions as matrix products, and convolutions on fewer positions than the kernel
+has taps as one product over the stacked taps. ``BatchNorm`` follows torch's update rule exactly (see its docstring);
 ``GroupNorm`` and ``LayerNorm`` use torch's epsilon and two-pass variance.
 ``ChannelParam`` marks a raw parameter broadcast over the channel axis, stored
 channel-last; the converter moves that axis to position 1 for torch.

@@ -28,6 +28,10 @@ OS between calls pays for it on every call. The allocator, OpenMP and XLA
 variables in the environment (``TIMING_ENVIRONMENT``) are recorded with the
 results (see the README's benchmark section).
 
+``--compiler-options attn_flax`` compiles both Flax variants with
+``attn_flax.compiler_options()`` (on CPU: XLA's own convolutions instead of YNNPACK's,
+2-2.5x faster for BAM's and GAM's); the default is ``jax.jit``'s own settings.
+
 Prints the median of N rounds with the interquartile spread, the ratios
 torch/Flax and Flax/R; writes JSON and, when matplotlib is installed, a PNG chart.
 Runs on whatever JAX backend is present and says which.
@@ -89,9 +93,11 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
-def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_torch: bool
-              ) -> tuple[dict[str, Callable[[], None]], float | None]:
-    """Build the timed callables for one module and shape; returns them and the compile time."""
+def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_torch: bool,
+              compiler_options: dict[str, str] | None = None) -> tuple[dict[str, Callable[[], None]], float | None]:
+    """Build the timed callables for one module and shape; returns them and the compile time.
+
+    ``compiler_options`` go to the ``jax.jit`` of both Flax variants (``attn_flax.compiler_options()``)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -117,7 +123,7 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
 
     flax_module.eval()
     graph, state = nnx.split(flax_module)
-    eval_fn = jax.jit(lambda s, v: nnx.merge(graph, s, copy=True)(v))
+    eval_fn = jax.jit(lambda s, v: nnx.merge(graph, s, copy=True)(v), compiler_options=compiler_options)
 
     flax_module.train()
     graph_t, params, rest = nnx.split(flax_module, nnx.Param, ...)
@@ -127,7 +133,7 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
         y = model(v)
         return jnp.vdot(y.astype(jnp.float32), cotangent.astype(jnp.float32)), nnx.state(model, nnx.Not(nnx.Param))
 
-    grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True))
+    grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True), compiler_options=compiler_options)
 
     torch_train = attn_torch.MODULES[name](**kwargs)
     torch_train.load_state_dict(torch_module.state_dict())
@@ -168,14 +174,15 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
 
 
 def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int, warmup: int,
-              compile_torch: bool, burst: int = 2, settle_ms: float = 50.0) -> Row:
+              compile_torch: bool, burst: int = 2, settle_ms: float = 50.0,
+              compiler_options: dict[str, str] | None = None) -> Row:
     if burst < 1:
         raise ValueError(f"`burst` must be at least 1 timed call per round, got {burst}")
     if settle_ms < 0:
         raise ValueError(f"`settle_ms` must be non-negative, got {settle_ms}")
     row = Row(name, shape)
     try:
-        variants, row.compile_s = _variants(name, shape, dtype, compile_torch)
+        variants, row.compile_s = _variants(name, shape, dtype, compile_torch, compiler_options)
     except (ValueError, MemoryError, RuntimeError) as error:  # e.g. a shape a module rejects
         row.error = f"{type(error).__name__}: {error}".splitlines()[0]
         return row
@@ -284,6 +291,7 @@ def write_chart(rows: list[Row], path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import attn_flax
     from parity.registry import SPECS
 
     benchable = [n for n, s in SPECS.items() if s.channels_arg is not None]
@@ -300,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-ms", type=float, default=50.0,
                         help="untimed calls per variant per round before the timed ones, for at least this "
                              "long and at least one call (default 50)")
+    parser.add_argument("--compiler-options", default="none", choices=["none", "attn_flax"],
+                        help="none: jax.jit's defaults; attn_flax: jit with attn_flax.compiler_options() "
+                             "(on CPU, XLA's own convolutions instead of YNNPACK's)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--json", default="bench_results/bench.json", help="where to write the JSON results")
     parser.add_argument("--png", default="bench_results/bench.png", help="chart (needs matplotlib)")
@@ -312,23 +323,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--reps must be at least 1, got {args.reps}")
 
     env = environment()
+    options = attn_flax.compiler_options() if args.compiler_options == "attn_flax" else {}
     print(f"bench: JAX backend {env['jax_backend']} ({env['jax_device']}), torch {env['torch']} "
           f"with {env['torch_threads']} threads, {args.reps} interleaved rounds of {args.burst} "
-          f"timed calls after {args.settle_ms:g} ms of untimed ones",
+          f"timed calls after {args.settle_ms:g} ms of untimed ones; Flax compiler options {options or 'none'}",
           file=sys.stderr)
     rows = []
     for name in args.modules:
         for shape in args.shapes:
             start = time.perf_counter()
             rows.append(bench_one(name, shape, args.dtype, args.reps, args.warmup, not args.no_compile,
-                                  args.burst, args.settle_ms))
+                                  args.burst, args.settle_ms, options))
             print(f"  {name} {'x'.join(map(str, shape))} done in {time.perf_counter() - start:.1f}s",
                   file=sys.stderr)
-    print(f"times in ms, median±half-IQR; JAX backend {env['jax_backend']} ({env['jax_device']})")
+    print(f"times in ms, median±half-IQR; JAX backend {env['jax_backend']} ({env['jax_device']})"
+          + (f"; Flax compiled with {options}" if options else ""))
     print(format_table(rows))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"environment": env, "dtype": args.dtype, "reps": args.reps, "burst": args.burst, "settle_ms": args.settle_ms,
+                   "compiler_options": options,
                    "rows": [asdict(r) for r in rows]}, f, indent=1)
     charted = write_chart(rows, args.png)
     print(f"wrote {args.json}" + (f" and {args.png}" if charted else " (no matplotlib: no chart)"), file=sys.stderr)

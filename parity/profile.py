@@ -44,7 +44,8 @@ def op_times(trace_dir: str, calls: int) -> list[tuple[str, float]]:
 
 
 def profile(name: str, shape: tuple[int, int, int, int], variant: str, calls: int, warmup: int,
-            dtype: str = "float32", trace_dir: str | None = None) -> tuple[float, list[tuple[str, float]]]:
+            dtype: str = "float32", trace_dir: str | None = None, compiler_options: dict[str, str] | None = None
+            ) -> tuple[float, list[tuple[str, float]]]:
     """Wall ms per call and the per-op times of ``variant`` (``flax_eval``/``flax_train``) of ``name``."""
     import jax
 
@@ -52,7 +53,7 @@ def profile(name: str, shape: tuple[int, int, int, int], variant: str, calls: in
 
     if calls < 1:
         raise ValueError(f"`calls` must be at least 1, got {calls}")
-    variants, _ = _variants(name, shape, dtype, compile_torch=False)
+    variants, _ = _variants(name, shape, dtype, compile_torch=False, compiler_options=compiler_options)
     fn = variants[variant]
     for _ in range(warmup):
         fn()
@@ -82,13 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--top", type=int, default=15, help="ops to list (default 15)")
     parser.add_argument("--trace-dir", default=None, help="keep the trace here (default: a temporary folder)")
+    parser.add_argument("--compiler-options", default="none", choices=["none", "attn_flax"],
+                        help="attn_flax: jit with attn_flax.compiler_options(), as the benchmark's option")
     args = parser.parse_args(argv)
     if args.calls < 1:
         parser.error(f"--calls must be at least 1, got {args.calls}")
     variant = "flax_train" if args.train else "flax_eval"
     print(f"profile: {args.module} {'x'.join(map(str, args.shape))} {variant}, {args.warmup} warm-up calls, "
           f"{args.calls} profiled", file=sys.stderr)
-    wall_ms, ops = profile(args.module, args.shape, variant, args.calls, args.warmup, args.dtype, args.trace_dir)
+    import attn_flax
+
+    options = attn_flax.compiler_options() if args.compiler_options == "attn_flax" else {}
+    wall_ms, ops = profile(args.module, args.shape, variant, args.calls, args.warmup, args.dtype, args.trace_dir,
+                           options)
     print(f"{args.module} {'x'.join(map(str, args.shape))} {variant}: {wall_ms:.2f} ms per call (wall, "
           f"profiler on); ops by time summed over threads, ms per call:")
     width = max([len(name) for name, _ in ops[:args.top]] + [2])

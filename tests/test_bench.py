@@ -59,6 +59,19 @@ def test_bench_counts_page_faults_and_rejects_a_burst_without_timed_calls(tmp_pa
         assert message in capsys.readouterr().err
 
 
+def test_bench_compiles_flax_with_the_library_options_on_request(tmp_path, capsys):
+    import attn_flax
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--modules", "GAM", "--shapes", "1x32x4x4", "--reps", "1", "--warmup", "1",
+                       "--compiler-options", "attn_flax", "--no-compile", "--json", str(out),
+                       "--png", str(tmp_path / "b.png")]) == 0
+    data = json.loads(out.read_text())
+    assert data["compiler_options"] == attn_flax.compiler_options() != {}
+    assert data["rows"][0]["error"] is None
+    assert "Flax compiled with" in capsys.readouterr().out
+
+
 def test_settle_calls_until_the_time_has_passed_and_at_least_once():
     calls = []
     bench._settle(lambda: calls.append(time.perf_counter()), 0.0)
@@ -75,6 +88,8 @@ def test_profile_lists_the_compiled_ops_by_time(tmp_path, capsys):
     code = profile.main(["SE", "--shape", "2x16x4x4", "--calls", "2", "--warmup", "1", "--trace-dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "SE 2x16x4x4 flax_eval" in out and "ms per call" in out
+    assert profile.main(["GAM", "--shape", "1x32x4x4", "--calls", "1", "--warmup", "1",
+                         "--compiler-options", "attn_flax"]) == 0
     wall_ms, ops = profile.profile("SE", (2, 16, 4, 4), "flax_train", calls=2, warmup=1)
     assert wall_ms > 0 and ops and all(ms >= 0 for _, ms in ops)
     assert not any(marker in name for name, _ in ops for marker in profile.RUNTIME_EVENTS)
