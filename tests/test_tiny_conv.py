@@ -37,22 +37,29 @@ def _conv_pair(shape, kernel_shape, padding, dilation, strides=None):
     return reference, ours
 
 
-@pytest.mark.parametrize("shape, kernel_shape, padding, dilation", CASES)
-def test_shifted_sums_equal_the_convolution_and_its_gradients(shape, kernel_shape, padding, dilation):
-    assert np.prod(kernel_shape[:-1]) <= SHIFTED_SUM_MAX_TERMS  # every case takes the shifted-sum path
-    rng = np.random.default_rng(0)
-    reference, ours = _conv_pair(shape, kernel_shape, padding, dilation)
+def _assert_float64_equal(reference, ours, shape, kernel_shape, seed, path=None):
+    """``ours`` equals ``reference`` in float64 (forward, input and kernel gradients) and
+    runs without a convolution (through ``path``, a jaxpr primitive, when given)."""
+    rng = np.random.default_rng(seed)
     with jax.enable_x64(True):
         x = jnp.asarray(rng.standard_normal(shape))
         k = jnp.asarray(rng.standard_normal(kernel_shape))
-        assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, k))
+        jaxpr = str(jax.make_jaxpr(ours)(x, k))
+        assert "conv_general_dilated" not in jaxpr and (path is None or path in jaxpr)
         expected, expected_vjp = jax.vjp(reference, x, k)
         got, got_vjp = jax.vjp(ours, x, k)
-        cotangent = jnp.asarray(rng.standard_normal(expected.shape))
         assert got.dtype == jnp.float64 and got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+        cotangent = jnp.asarray(rng.standard_normal(expected.shape))
         for g, e in zip(got_vjp(cotangent), expected_vjp(cotangent)):
             np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, kernel_shape, padding, dilation", CASES)
+def test_shifted_sums_equal_the_convolution_and_its_gradients(shape, kernel_shape, padding, dilation):
+    assert np.prod(kernel_shape[:-1]) <= SHIFTED_SUM_MAX_TERMS  # every case takes the shifted-sum path
+    reference, ours = _conv_pair(shape, kernel_shape, padding, dilation)
+    _assert_float64_equal(reference, ours, shape, kernel_shape, seed=0)
 
 
 @pytest.mark.parametrize("strides, padding, outputs", [
@@ -93,18 +100,7 @@ def test_pointwise_convolutions_run_as_one_matrix_product(shape, outputs):
     kernel_shape = (1,) * (len(shape) - 2) + (shape[-1], outputs)
     padding = ((0, 0),) * (len(shape) - 2)
     reference, ours = _conv_pair(shape, kernel_shape, padding, (1,) * (len(shape) - 2))
-    rng = np.random.default_rng(4)
-    with jax.enable_x64(True):
-        x = jnp.asarray(rng.standard_normal(shape))
-        k = jnp.asarray(rng.standard_normal(kernel_shape))
-        jaxpr = str(jax.make_jaxpr(ours)(x, k))
-        assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
-        expected, expected_vjp = jax.vjp(reference, x, k)
-        got, got_vjp = jax.vjp(ours, x, k)
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
-        cotangent = jnp.asarray(rng.standard_normal(expected.shape))
-        for g, e in zip(got_vjp(cotangent), expected_vjp(cotangent)):
-            np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
+    _assert_float64_equal(reference, ours, shape, kernel_shape, seed=4, path="dot_general")
     padded = ((1, 1),) * (len(shape) - 2)  # padding makes it a convolution (or shifted sums) again
     _, padded_conv = _conv_pair(shape, kernel_shape, padded, (1,) * (len(shape) - 2))
     assert "dot_general" not in str(jax.make_jaxpr(padded_conv)(np.ones(shape, "f4"), np.ones(kernel_shape, "f4")))
@@ -120,19 +116,7 @@ def test_pointwise_convolutions_run_as_one_matrix_product(shape, outputs):
 def test_inputs_smaller_than_the_kernel_run_as_one_product_over_the_taps(shape, kernel_shape, padding, dilation):
     assert np.prod(shape[1:-1]) < np.prod(kernel_shape[:-2])
     reference, ours = _conv_pair(shape, kernel_shape, padding, dilation)
-    rng = np.random.default_rng(5)
-    with jax.enable_x64(True):
-        x = jnp.asarray(rng.standard_normal(shape))
-        k = jnp.asarray(rng.standard_normal(kernel_shape))
-        jaxpr = str(jax.make_jaxpr(ours)(x, k))
-        assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
-        expected, expected_vjp = jax.vjp(reference, x, k)
-        got, got_vjp = jax.vjp(ours, x, k)
-        assert got.shape == expected.shape
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
-        cotangent = jnp.asarray(rng.standard_normal(expected.shape))
-        for g, e in zip(got_vjp(cotangent), expected_vjp(cotangent)):
-            np.testing.assert_allclose(g, e, rtol=0, atol=1e-12)
+    _assert_float64_equal(reference, ours, shape, kernel_shape, seed=5, path="dot_general")
     as_large = (shape[0], 3, 3, shape[-1])  # as many positions as taps: a convolution again
     _, same_size = _conv_pair(as_large, (3, 3, shape[-1], 2), ((1, 1), (1, 1)), (1, 1))
     assert "conv_general_dilated" in str(jax.make_jaxpr(same_size)(np.ones(as_large, "f4"), np.ones((3, 3, shape[-1], 2), "f4")))
