@@ -93,6 +93,23 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+COMPILER_OPTIONS = ("none", "attn_flax")
+
+
+def add_compiler_options_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compiler-options none|attn_flax``, shared by ``bench`` and ``profile``."""
+    parser.add_argument("--compiler-options", default="none", choices=COMPILER_OPTIONS,
+                        help="none: jax.jit's defaults; attn_flax: jit with attn_flax.compiler_options() "
+                             "(on CPU, XLA's own convolutions instead of YNNPACK's)")
+
+
+def compiler_options_for(choice: str) -> dict[str, str]:
+    """The Flax ``jax.jit`` compiler options that ``--compiler-options choice`` stands for."""
+    import attn_flax
+
+    return attn_flax.compiler_options() if choice == "attn_flax" else {}
+
+
 def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_torch: bool,
               compiler_options: dict[str, str] | None = None) -> tuple[dict[str, Callable[[], None]], float | None]:
     """Build the timed callables for one module and shape; returns them and the compile time.
@@ -291,7 +308,6 @@ def write_chart(rows: list[Row], path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import attn_flax
     from parity.registry import SPECS
 
     benchable = [n for n, s in SPECS.items() if s.channels_arg is not None]
@@ -308,9 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle-ms", type=float, default=50.0,
                         help="untimed calls per variant per round before the timed ones, for at least this "
                              "long and at least one call (default 50)")
-    parser.add_argument("--compiler-options", default="none", choices=["none", "attn_flax"],
-                        help="none: jax.jit's defaults; attn_flax: jit with attn_flax.compiler_options() "
-                             "(on CPU, XLA's own convolutions instead of YNNPACK's)")
+    add_compiler_options_argument(parser)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--json", default="bench_results/bench.json", help="where to write the JSON results")
     parser.add_argument("--png", default="bench_results/bench.png", help="chart (needs matplotlib)")
@@ -323,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--reps must be at least 1, got {args.reps}")
 
     env = environment()
-    options = attn_flax.compiler_options() if args.compiler_options == "attn_flax" else {}
+    options = compiler_options_for(args.compiler_options)
     print(f"bench: JAX backend {env['jax_backend']} ({env['jax_device']}), torch {env['torch']} "
           f"with {env['torch_threads']} threads, {args.reps} interleaved rounds of {args.burst} "
           f"timed calls after {args.settle_ms:g} ms of untimed ones; Flax compiler options {options or 'none'}",

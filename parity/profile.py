@@ -69,7 +69,7 @@ def profile(name: str, shape: tuple[int, int, int, int], variant: str, calls: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from parity.bench import parse_shape
+    from parity.bench import add_compiler_options_argument, compiler_options_for, parse_shape
     from parity.registry import SPECS
 
     benchable = [n for n, s in SPECS.items() if s.channels_arg is not None]
@@ -83,17 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--top", type=int, default=15, help="ops to list (default 15)")
     parser.add_argument("--trace-dir", default=None, help="keep the trace here (default: a temporary folder)")
-    parser.add_argument("--compiler-options", default="none", choices=["none", "attn_flax"],
-                        help="attn_flax: jit with attn_flax.compiler_options(), as the benchmark's option")
+    add_compiler_options_argument(parser)
     args = parser.parse_args(argv)
     if args.calls < 1:
         parser.error(f"--calls must be at least 1, got {args.calls}")
     variant = "flax_train" if args.train else "flax_eval"
     print(f"profile: {args.module} {'x'.join(map(str, args.shape))} {variant}, {args.warmup} warm-up calls, "
           f"{args.calls} profiled", file=sys.stderr)
-    import attn_flax
-
-    options = attn_flax.compiler_options() if args.compiler_options == "attn_flax" else {}
+    options = compiler_options_for(args.compiler_options)
     wall_ms, ops = profile(args.module, args.shape, variant, args.calls, args.warmup, args.dtype, args.trace_dir,
                            options)
     print(f"{args.module} {'x'.join(map(str, args.shape))} {variant}: {wall_ms:.2f} ms per call (wall, "
