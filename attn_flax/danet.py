@@ -102,9 +102,9 @@ class PositionAttention(nnx.Module):
     image's at a time, see :func:`attend_exact`) and keeps it for the backward pass:
     memory grows as ``N (HW)^2``. The memory-efficient path (:func:`attend_blockwise`)
     never holds it: forward + backward at 8x64x112x112 under ``jax.jit``, where one
-    copy of the matrix is 5 GB, peaks at 0.92 GB resident for the whole process,
-    0.34 GB above its size before the step (``python -m parity.memory``, CPU). The two agree within the float32 parity
-    tolerance. The softmax runs in float32 whatever ``dtype`` is.
+    copy of the matrix is 5 GB, peaks at 0.82 GB resident for the whole process,
+    0.24 GB above its size before the step (``python -m parity.memory``, CPU). The two agree
+    within the float32 parity tolerance. The softmax runs in float32 whatever ``dtype`` is.
 
     Args:
         channels: number of input channels C; at least 8 (query/key width C // 8).
