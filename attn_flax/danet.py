@@ -51,10 +51,11 @@ def attend_image(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Arra
 def attend_exact(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
     """:func:`attend_image` over a batch: ``(N, Lq, D)``, ``(N, Lk, D)``, ``(N, Lk, C)`` -> ``(N, Lq, C)``.
 
-    On CPU one image after the other (``jax.lax.map``): one image's matrix stays in cache
-    where the whole batch's does not (eval forward at 32x256x28x28 on the README's CPU,
-    attention alone: 105 ms for the batch at once, 72-81 ms image by image). On other
-    backends the whole batch at once (``jax.vmap``), which keeps the device busy.
+    On CPU (``jax.default_backend()`` when traced) one image after the other
+    (``jax.lax.map``): one image's matrix stays in cache where the whole batch's does not
+    (eval forward at 32x256x28x28 on the README's CPU, attention alone: 105 ms for the
+    batch at once, 72-81 ms image by image). On other backends the whole batch at once
+    (``jax.vmap``), which keeps the device busy.
     """
     images = (query, key, value)
     if jax.default_backend() == "cpu":
