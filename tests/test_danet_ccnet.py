@@ -294,9 +294,9 @@ def test_automatic_path_threshold_is_shared():
 @pytest.mark.parametrize("name", BLOCKWISE)
 def test_automatic_choice_takes_the_blockwise_path_above_the_threshold(name, monkeypatch):
     calls = []
-    for package in (torch_danet, flax_danet):
-        original = package.attend_blockwise
-        monkeypatch.setattr(package, "attend_blockwise", lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    for package, blockwise in ((torch_danet, "attend_blockwise"), (flax_danet, "attend_image_blockwise")):
+        original = getattr(package, blockwise)
+        monkeypatch.setattr(package, blockwise, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
         monkeypatch.setattr(package, "MEMORY_EFFICIENT_MIN_PIXELS", 30)
     small, large = (1, 8, 5, 5), (1, 8, 5, 6)
     for shape, expected in ((small, 0), (large, 1)):
