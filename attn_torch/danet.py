@@ -39,11 +39,17 @@ def softmax_in_float32(energy: torch.Tensor, like: torch.Tensor) -> torch.Tensor
 
 
 def attend_exact(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``softmax(query key^T) value`` (no scaling) through the full ``(N, L, L)`` matrix.
+    """``softmax(query key^T) value`` (no scaling) through the full ``(L, L)`` matrix of each image.
 
     ``query``, ``key``: ``(N, L, D)``; ``value``: ``(N, L, C)``; returns ``(N, L, C)``.
+    On CPU one image after the other: one image's matrix stays in cache where the whole
+    batch's does not (PositionAttention eval at 32x256x28x28 on the README's CPU: 89-122 ms
+    for the batch at once, 74-83 ms image by image, the same result bit for bit there). On
+    other devices the whole batch at once.
     """
-    return softmax_in_float32(query @ key.transpose(1, 2), value) @ value
+    if query.device.type != "cpu":
+        return softmax_in_float32(query @ key.transpose(1, 2), value) @ value
+    return torch.stack([softmax_in_float32(q @ k.T, v) @ v for q, k, v in zip(query, key, value)])
 
 
 def attend_blockwise(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -72,8 +78,9 @@ class PositionAttention(nn.Module):
     ``PAM_Module``: ``query_conv``, ``key_conv``, ``value_conv`` (all with bias),
     ``gamma`` of shape ``(1,)``. The energy is not scaled by ``1/sqrt(C // 8)``.
 
-    Two paths compute the same function. The exact path builds the matrix: memory
-    grows as ``N (HW)^2``. The memory-efficient path (:func:`attend_blockwise`,
+    Two paths compute the same function. The exact path builds the matrix (on CPU one
+    image's at a time, see :func:`attend_exact`) and keeps it for the backward pass:
+    memory grows as ``N (HW)^2``. The memory-efficient path (:func:`attend_blockwise`,
     ``F.scaled_dot_product_attention``) never holds it: forward + backward at
     8x64x112x112, where one copy of the matrix is 5 GB, peaks at 0.75 GB resident
     for the whole process, 0.46 GB above its size before the step
