@@ -72,9 +72,9 @@ def over_images(function: Callable[..., jax.Array], *arrays: jax.Array) -> jax.A
     On CPU (``jax.default_backend()`` when traced) one image after the other
     (``jax.lax.map``): one image's attention matrix and projections stay in cache where
     the whole batch's do not (PositionAttention eval at 32x256x28x28 on the README's CPU:
-    attention alone 105 ms for the batch at once, 72-81 ms image by image; the whole module
-    114-121 -> 84-90 ms once the projections moved into the loop too). On other backends
-    ``jax.vmap``: the whole batch at once keeps the device busy.
+    attention alone 105 ms for the batch at once, 72-81 ms image by image; a copy of the
+    whole module 114-121 -> 84-90 ms once the projections moved into the loop too). On
+    other backends ``jax.vmap``: the whole batch at once keeps the device busy.
     """
     if jax.default_backend() == "cpu":
         return jax.lax.map(lambda image: function(*image), arrays)
