@@ -257,6 +257,23 @@ def test_flax_blockwise_over_several_padded_blocks(backend, monkeypatch):
         assert result.passed, result.describe(name, backend)
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_flax_module_image_by_image_equals_vmapped(memory_efficient, monkeypatch):
+    """The module loops over the images on CPU and vmaps them elsewhere: same output and gradients."""
+    module = to_flax(_torch_pair("PositionAttention", (3, 16, 5, 7))[memory_efficient])
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((3, 5, 7, 16), dtype=np.float32))
+
+    def run(backend):
+        monkeypatch.setattr(flax_danet.jax, "default_backend", lambda: backend)
+        graph, params = nnx.split(module)
+        out, vjp = jax.vjp(lambda p, v: nnx.merge(graph, p)(v), params, x)
+        dparams, dx = vjp(jnp.ones_like(out))
+        return {"out": out, "dx": dx, **{f"dparam{i}": g for i, g in enumerate(jax.tree.leaves(dparams))}}
+
+    result = compare("vmapped", run("cpu"), run("gpu"), tolerance("PositionAttention", "eval"))
+    assert result.passed, result.describe("PositionAttention", f"memory_efficient={memory_efficient}")
+
+
 @pytest.mark.parametrize("pixels", [4, 3136, 12544, 10**7])
 def test_flax_query_blocks_fit_the_budget_and_pad_little(pixels):
     block = flax_danet.query_block(pixels)
