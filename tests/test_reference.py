@@ -107,6 +107,6 @@ def test_polarized_reassociation_keeps_the_reference_gradients(name, factory):
         (module(xg) * cotangent).sum().backward()
         grads.append([xg.grad] + [p.grad for _, p in sorted(module.named_parameters())])
     # float64 rounding: measured max abs diff 8.9e-15 (some gradients are exactly zero, hence atol);
-    # dropping the bias term from the reassociation is off by O(0.1-1).
+    # dropping the bias term from the reassociation made this test fail (checked when written).
     for got, expected in zip(grads[1], grads[0]):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
