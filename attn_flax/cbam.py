@@ -12,7 +12,7 @@ from flax import nnx
 
 from attn_common import check_input, check_odd, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import Conv2d, Dtype, compute_dtype, stable_mean
+from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype, stable_mean
 
 
 class CBAMChannelGate(nnx.Module):
@@ -34,8 +34,46 @@ class CBAMSpatialGate(nnx.Module):
         self.conv = Conv2d(2, 1, kernel_size, padding=kernel_size // 2, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        pooled = jnp.concatenate([x.max(-1, keepdims=True), stable_mean(x, -1, keepdims=True)], axis=-1)
+        return self.from_pooled(_channel_pool(x))
+
+    def from_pooled(self, pooled: jax.Array) -> jax.Array:
+        """The gate from the channel-wise max and mean maps ``(N, H, W, 2)``."""
         return jax.nn.sigmoid(self.conv(pooled))
+
+
+def _channel_pool(x: jax.Array) -> jax.Array:
+    """Max and mean over channels, ``(N, H, W, 2)``."""
+    return jnp.concatenate([x.max(-1, keepdims=True), stable_mean(x, -1, keepdims=True)], axis=-1)
+
+
+def _scale_and_pool_stored(x: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    scaled = x * scale
+    return scaled, _channel_pool(scaled)
+
+
+# ``x * scale`` and its channel-wise max and mean. Evaluated, the pooled maps are taken without
+# storing the product: the mean as a product of ``x`` with ``scale``, the maximum over
+# flattened positions (so that XLA does not share, and therefore store, the broadcast of
+# ``scale`` with the caller's use of the product). Read by the two reductions, the stored
+# product cost CBAM's eval 4.2 ms of thread time at 32x256x28x28. Differentiated, the
+# reference form stays: one gradient for the product, reduced once for ``scale``.
+@jax.custom_vjp
+def _scale_and_pool(x: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    n, h, w, channels = x.shape
+    total = jnp.einsum("nhwc,nc->nhw", x, scale[:, 0, 0], preferred_element_type=at_least_float32(x).dtype)
+    peak = (x.reshape(n, h * w, channels) * scale.reshape(n, 1, channels)).max(-1).reshape(n, h, w)
+    return x * scale, jnp.stack([peak, (total / channels).astype(x.dtype)], axis=-1)
+
+
+def _scale_and_pool_fwd(x: jax.Array, scale: jax.Array):
+    return jax.vjp(_scale_and_pool_stored, x, scale)
+
+
+def _scale_and_pool_bwd(pullback, cotangents: tuple[jax.Array, jax.Array]):
+    return pullback(cotangents)
+
+
+_scale_and_pool.defvjp(_scale_and_pool_fwd, _scale_and_pool_bwd)
 
 
 @register
@@ -79,6 +117,6 @@ class CBAM(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "CBAM")
         x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
-        out = x * self.ca(x)
-        out = out * self.sa(out)
+        out, pooled = _scale_and_pool(x, self.ca(x))
+        out = out * self.sa.from_pooled(pooled)
         return out + x if self.residual else out

@@ -1,7 +1,9 @@
-"""The hand-written backward passes (ShuffleAttention, SGE) against autodiff of a plain formulation.
+"""The custom backward passes (ShuffleAttention, SGE, CBAM) against autodiff of a plain formulation.
 
 ShuffleAttention and SGE run as ``jax.custom_vjp`` functions whose forward and backward are
-arranged for XLA:CPU (see ``attn_flax/shuffle.py`` and ``attn_flax/sge.py``). Here each is
+arranged for XLA:CPU (see ``attn_flax/shuffle.py`` and ``attn_flax/sge.py``); CBAM's channel
+pooling evaluates without storing the gated input and differentiates the stored form
+(``attn_flax/cbam.py``). Here each is
 compared in float64 with ``jax.grad`` of the module written out branch by branch, as the
 paper and the torch twin describe it, for the output, the input gradient and every
 parameter gradient. Inputs carry a mean offset, so that a centring mistake in a backward
@@ -46,6 +48,12 @@ def _plain_sge(module: attn_flax.SGE, x: jax.Array) -> jax.Array:
     return (grouped * gate[..., None]).reshape(b, h, w, c)
 
 
+def _plain_cbam(module: attn_flax.CBAM, x: jax.Array) -> jax.Array:
+    out = x * module.ca(x)
+    pooled = jnp.concatenate([out.max(-1, keepdims=True), out.mean(-1, keepdims=True)], axis=-1)
+    return out * module.sa.from_pooled(pooled) + x
+
+
 def _randomized(module: nnx.Module, seed: int) -> nnx.Module:
     graph, state = nnx.split(module)
     leaves, tree = jax.tree.flatten(state)
@@ -60,6 +68,8 @@ CASES = [
     ("ShuffleAttention", _plain_shuffle_attention, 32, {"groups": 16}, (1, 6, 5)),  # one channel per half-group
     ("SGE", _plain_sge, 32, {"groups": 4}, (2, 5, 6)),
     ("SGE", _plain_sge, 30, {"groups": 5}, (3, 7, 4)),
+    ("CBAM", _plain_cbam, 32, {"reduction": 4}, (2, 9, 7)),
+    ("CBAM", _plain_cbam, 24, {"reduction": 8, "kernel_size": 3}, (3, 5, 6)),
 ]
 
 
