@@ -81,5 +81,5 @@ class CBAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x.shape, self.channels, "NCHW", "CBAM")
         out = x * self.ca(x)
-        out = out * self.sa(out)
-        return out + x if self.residual else out
+        gate = self.sa(out)
+        return torch.addcmul(x, out, gate) if self.residual else out * gate  # one pass for the gate and residual
