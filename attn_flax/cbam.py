@@ -12,7 +12,7 @@ from flax import nnx
 
 from attn_common import check_input, check_odd, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype, stable_mean
+from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype, differentiated_as, stable_mean
 
 
 class CBAMChannelGate(nnx.Module):
@@ -57,23 +57,12 @@ def _scale_and_pool_stored(x: jax.Array, scale: jax.Array) -> tuple[jax.Array, j
 # ``scale`` with the caller's use of the product). Read by the two reductions, the stored
 # product cost CBAM's eval 4.2 ms of thread time at 32x256x28x28. Differentiated, the
 # reference form stays: one gradient for the product, reduced once for ``scale``.
-@jax.custom_vjp
+@differentiated_as(_scale_and_pool_stored)
 def _scale_and_pool(x: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
     n, h, w, channels = x.shape
     total = jnp.einsum("nhwc,nc->nhw", x, scale[:, 0, 0], preferred_element_type=at_least_float32(x).dtype)
     peak = (x.reshape(n, h * w, channels) * scale.reshape(n, 1, channels)).max(-1).reshape(n, h, w)
     return x * scale, jnp.stack([peak, (total / channels).astype(x.dtype)], axis=-1)
-
-
-def _scale_and_pool_fwd(x: jax.Array, scale: jax.Array):
-    return jax.vjp(_scale_and_pool_stored, x, scale)
-
-
-def _scale_and_pool_bwd(pullback, cotangents: tuple[jax.Array, jax.Array]):
-    return pullback(cotangents)
-
-
-_scale_and_pool.defvjp(_scale_and_pool_fwd, _scale_and_pool_bwd)
 
 
 @register

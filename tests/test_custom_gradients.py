@@ -1,9 +1,9 @@
-"""The custom backward passes (ShuffleAttention, SGE, CBAM) against autodiff of a plain formulation.
+"""The custom derivative rules (ShuffleAttention, SGE, CBAM, CrissCrossAttention) against autodiff of a plain formulation.
 
 ShuffleAttention and SGE run as ``jax.custom_vjp`` functions whose forward and backward are
 arranged for XLA:CPU (see ``attn_flax/shuffle.py`` and ``attn_flax/sge.py``); CBAM's channel
-pooling evaluates without storing the gated input and differentiates the stored form
-(``attn_flax/cbam.py``). Here each is
+pooling and CrissCrossAttention's value bias are evaluated in one form and differentiated in
+another (``attn_flax.layers.differentiated_as``). Here each is
 compared in float64 with ``jax.grad`` of the module written out branch by branch, as the
 paper and the torch twin describe it, for the output, the input gradient and every
 parameter gradient. Inputs carry a mean offset, so that a centring mistake in a backward
@@ -19,6 +19,7 @@ import pytest
 from flax import nnx
 
 import attn_flax
+from attn_flax.layers import differentiated_as
 
 ATOL = 1e-10  # float64: both sides are exact up to rounding
 
@@ -54,6 +55,16 @@ def _plain_cbam(module: attn_flax.CBAM, x: jax.Array) -> jax.Array:
     return out * module.sa.from_pooled(pooled) + x
 
 
+def _plain_criss_cross(module: attn_flax.CrissCrossAttention, x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    query, key, value = module.query_conv(x), module.key_conv(x), module.value_conv(x)
+    energy_col = jnp.einsum("nhwc,ngwc->nhwg", query, key) - jnp.where(jnp.eye(h, dtype=bool), jnp.inf, 0.0)[:, None]
+    energy_row = jnp.einsum("nhwc,nhgc->nhwg", query, key)
+    attention = jax.nn.softmax(jnp.concatenate([energy_col, energy_row], axis=-1), axis=-1)
+    out = jnp.einsum("nhwg,ngwc->nhwc", attention[..., :h], value) + jnp.einsum("nhwg,nhgc->nhwc", attention[..., h:], value)
+    return module.gamma[...] * out + x
+
+
 def _randomized(module: nnx.Module, seed: int) -> nnx.Module:
     graph, state = nnx.split(module)
     leaves, tree = jax.tree.flatten(state)
@@ -70,6 +81,7 @@ CASES = [
     ("SGE", _plain_sge, 30, {"groups": 5}, (3, 7, 4)),
     ("CBAM", _plain_cbam, 32, {"reduction": 4}, (2, 9, 7)),
     ("CBAM", _plain_cbam, 24, {"reduction": 8, "kernel_size": 3}, (3, 5, 6)),
+    ("CrissCrossAttention", _plain_criss_cross, 16, {}, (2, 5, 7)),
 ]
 
 
@@ -99,3 +111,13 @@ def test_hand_written_backward_equals_autodiff_of_the_plain_formulation(name, pl
         assert len(got_params) == len(want_params) > 0
         for got, want in zip(got_params, want_params):
             np.testing.assert_allclose(got, want, atol=ATOL * max(1.0, float(jnp.abs(want).max())), rtol=0)
+
+
+def test_differentiated_as_evaluates_the_body_and_differentiates_the_reference():
+    # A body whose own derivative would be wrong (0 instead of 2x): the rule must come from the reference.
+    square = differentiated_as(lambda x: x ** 2)(lambda x: jax.lax.stop_gradient(x * x))
+    x = jnp.array([1.5, -2.0])
+    np.testing.assert_array_equal(jax.jit(square)(x), x * x)
+    np.testing.assert_array_equal(jax.grad(lambda v: square(v).sum())(x), 2 * x)
+    np.testing.assert_array_equal(jax.jvp(square, (x,), (jnp.ones_like(x),))[1], 2 * x)
+    np.testing.assert_array_equal(jax.jacfwd(square)(x), jnp.diag(2 * x))
