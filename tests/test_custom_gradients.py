@@ -121,3 +121,23 @@ def test_differentiated_as_evaluates_the_body_and_differentiates_the_reference()
     np.testing.assert_array_equal(jax.grad(lambda v: square(v).sum())(x), 2 * x)
     np.testing.assert_array_equal(jax.jvp(square, (x,), (jnp.ones_like(x),))[1], 2 * x)
     np.testing.assert_array_equal(jax.jacfwd(square)(x), jnp.diag(2 * x))
+
+
+REVERSE_MODE_ONLY = {"CBAM", "ECA", "SGE", "ShuffleAttention"}  # custom_vjp inside; the README lists them
+
+
+@pytest.mark.parametrize("name", sorted(set(attn_flax.MODULES) - {"ResNet"}))
+def test_forward_mode_works_except_where_the_readme_says(name):
+    from parity.registry import SPECS
+    module = attn_flax.MODULES[name](**SPECS[name].kwargs_at(16), rngs=nnx.Rngs(0))
+    module.eval()
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 6, 16)), jnp.float32)
+    if name in REVERSE_MODE_ONLY:
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(module, (x,), (x,))
+    else:  # forward mode agrees with reverse mode: <J t, c> == <t, J^T c>
+        rng = np.random.default_rng(1)
+        t, c = (jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for _ in range(2))
+        _, forward = jax.jvp(module, (x,), (t,))
+        (reverse,) = jax.vjp(module, x)[1](c)
+        np.testing.assert_allclose(jnp.vdot(forward, c), jnp.vdot(t, reverse), rtol=1e-4)
