@@ -20,6 +20,8 @@ from flax import nnx
 
 import attn_flax
 from attn_flax.layers import differentiated_as
+from parity.registry import SPECS
+from parity.tolerances import tolerance
 
 ATOL = 1e-10  # float64: both sides are exact up to rounding
 
@@ -128,7 +130,6 @@ REVERSE_MODE_ONLY = {"CBAM", "ECA", "SGE", "ShuffleAttention"}  # custom_vjp ins
 
 @pytest.mark.parametrize("name", sorted(set(attn_flax.MODULES) - {"ResNet"}))
 def test_forward_mode_works_except_where_the_readme_says(name):
-    from parity.registry import SPECS
     module = attn_flax.MODULES[name](**SPECS[name].kwargs_at(16), rngs=nnx.Rngs(0))
     module.eval()
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 6, 16)), jnp.float32)
@@ -140,4 +141,5 @@ def test_forward_mode_works_except_where_the_readme_says(name):
         t, c = (jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for _ in range(2))
         _, forward = jax.jvp(module, (x,), (t,))
         (reverse,) = jax.vjp(module, x)[1](c)
-        np.testing.assert_allclose(jnp.vdot(forward, c), jnp.vdot(t, reverse), rtol=1e-4)
+        # Two float32 sums of the same products in different orders: measured at most 4.6e-7 apart.
+        np.testing.assert_allclose(jnp.vdot(forward, c), jnp.vdot(t, reverse), rtol=tolerance(name, "eval").rtol)
