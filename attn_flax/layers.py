@@ -115,9 +115,10 @@ def torch_bias_init(fan_in: int) -> nnx.Initializer:
     return init
 
 
-# A one-output convolution with at most this many multiply-adds per output value runs as a
-# sum of shifted slices (see conv_general_dilated).
+# A convolution with at most this many multiply-adds per output value and at most this many
+# output channels runs as a sum of shifted slices (see conv_general_dilated).
 SHIFTED_SUM_MAX_TERMS = 128
+SHIFTED_SUM_MAX_OUTPUTS = 4
 _CHANNELS_LAST = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
@@ -144,10 +145,12 @@ def conv_general_dilated(
     one pass; its gradients are XLA's transposed convolutions, as before (see
     ``_tiny_conv``). XLA:CPU's convolution kernel is slow for so few channels: the
     CBAM gate at 8x56x56 took 2.7-4.4 ms as a convolution and 0.33 ms as shifted sums
-    (torch: 0.36 ms). With several output channels the sums feed several consumers,
-    and XLA recomputes them in each (BAM's 4 -> 4 dilated convolutions before a
-    training-mode BatchNorm: training step 39 -> 57 ms at 8x64x56x56), so those stay
-    convolutions.
+    (torch: 0.36 ms). Up to ``SHIFTED_SUM_MAX_OUTPUTS`` output channels, the same
+    holds when the convolution is evaluated, not differentiated (BAM's 4 -> 4 dilated
+    3x3 convolutions at 8x56x56: 0.3-0.6 ms against 1.5-2.3 ms; torch 0.8-1.1 ms), but
+    differentiated, the sums feed several consumers and XLA recomputes them in each
+    (BAM's training step 39 -> 57 ms at 8x64x56x56), so there the forward pass stays
+    XLA's convolution (``_few_output_conv``).
 
     A pointwise (1x1, stride 1, unpadded, ungrouped) convolution is a matrix product
     over the channel axis and runs as one (``jax.lax.dot_general``): XLA:CPU took
@@ -181,12 +184,15 @@ def conv_general_dilated(
         sizes = _output_sizes(lhs.shape[1:-1], window, padding, dilation)
         simple = min(min(pair) for pair in padding) >= 0 and min(sizes) >= 1  # else lax crops or raises
     pointwise = simple and math.prod(window) == 1 and not any(map(any, padding))
-    tiny = simple and not pointwise and out_channels == 1 and math.prod(window) * in_channels <= SHIFTED_SUM_MAX_TERMS
-    if tiny:
+    few_terms = simple and not pointwise and math.prod(window) * in_channels <= SHIFTED_SUM_MAX_TERMS
+    smaller_than_kernel = simple and math.prod(lhs.shape[1:-1]) < math.prod(window)
+    tiny = few_terms and out_channels == 1
+    few_outputs = few_terms and out_channels <= SHIFTED_SUM_MAX_OUTPUTS and not smaller_than_kernel
+    if tiny or few_outputs:
         result_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
         wide = jnp.promote_types(result_dtype, jnp.float32)
-        return _tiny_conv(lhs.astype(wide), rhs.astype(wide), padding, dilation).astype(result_dtype)
-    smaller_than_kernel = simple and math.prod(lhs.shape[1:-1]) < math.prod(window)
+        conv = _tiny_conv if tiny else _few_output_conv
+        return conv(lhs.astype(wide), rhs.astype(wide), padding, dilation).astype(result_dtype)
     if pointwise or smaller_than_kernel:
         patches = lhs if pointwise else jnp.concatenate(list(_taps(_pad(lhs, padding), window, dilation, sizes)), -1)
         return jax.lax.dot_general(patches, rhs.reshape(-1, out_channels), (((lhs.ndim - 1,), (0,)), ((), ())),
@@ -234,10 +240,14 @@ def _lax_conv(x: jax.Array, kernel: jax.Array, padding: tuple, dilation: tuple) 
                                         dimension_numbers=numbers)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _tiny_conv(x: jax.Array, kernel: jax.Array, padding: tuple, dilation: tuple) -> jax.Array:
+def _shifted_conv(x: jax.Array, kernel: jax.Array, padding: tuple, dilation: tuple) -> jax.Array:
     out_sizes = _output_sizes(x.shape[1:-1], kernel.shape[:-2], padding, dilation)
     return _shifted_sum(_pad(x, padding), kernel, dilation, out_sizes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _tiny_conv(x: jax.Array, kernel: jax.Array, padding: tuple, dilation: tuple) -> jax.Array:
+    return _shifted_conv(x, kernel, padding, dilation)
 
 
 def _tiny_conv_fwd(x, kernel, padding, dilation):
@@ -252,6 +262,15 @@ def _tiny_conv_bwd(padding, dilation, residuals, grad):
 
 
 _tiny_conv.defvjp(_tiny_conv_fwd, _tiny_conv_bwd)
+
+
+def _few_output_conv(x: jax.Array, kernel: jax.Array, padding: tuple, dilation: tuple) -> jax.Array:
+    """Shifted sums when evaluated; XLA's convolution, forward and backward, when differentiated."""
+    reference = functools.partial(_lax_conv, padding=padding, dilation=dilation)
+    # Materialised: read by the next layer's shifted slices, the sums were recomputed in each
+    # (three 4 -> 4 convolutions in a row at 8x56x56: 1.9-2.8 ms, materialised 0.9-1.2 ms).
+    shifted = lambda v, k: materialized(_shifted_conv(v, k, padding, dilation))  # noqa: E731
+    return differentiated_as(reference)(shifted)(x, kernel)
 
 
 def _pair(value: int | Sequence[int], n: int) -> tuple[int, ...]:

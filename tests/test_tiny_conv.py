@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import attn_flax
-from attn_flax.layers import SHIFTED_SUM_MAX_TERMS, Conv2d, conv_general_dilated
+from attn_flax.layers import SHIFTED_SUM_MAX_OUTPUTS, SHIFTED_SUM_MAX_TERMS, Conv2d, conv_general_dilated
 
 CHANNELS_LAST = {4: ("NHWC", "HWIO", "NHWC"), 3: ("NWC", "WIO", "NWC")}
 
@@ -65,7 +65,7 @@ def test_shifted_sums_equal_the_convolution_and_its_gradients(shape, kernel_shap
 @pytest.mark.parametrize("strides, padding, outputs", [
     ((2, 2), ((1, 1), (1, 1)), 1),  # strided
     ((1, 1), ((-1, 1), (0, 0)), 1),  # cropping
-    ((1, 1), ((1, 1), (1, 1)), 2),  # several output channels
+    ((1, 1), ((1, 1), (1, 1)), SHIFTED_SUM_MAX_OUTPUTS + 1),  # more output channels than shifted sums take
 ])
 def test_strided_cropping_and_multi_output_convolutions_go_to_lax(strides, padding, outputs):
     shape, kernel_shape = (1, 6, 6, 2), (3, 3, 2, outputs)
@@ -74,6 +74,22 @@ def test_strided_cropping_and_multi_output_convolutions_go_to_lax(strides, paddi
     k = jnp.asarray(np.random.default_rng(2).standard_normal(kernel_shape), jnp.float32)
     assert "conv_general_dilated" in str(jax.make_jaxpr(ours)(x, k))
     np.testing.assert_array_equal(ours(x, k), reference(x, k))
+
+
+FEW_OUTPUT_CASES = [  # input shape, kernel shape, padding, dilation
+    ((2, 9, 11, 4), (3, 3, 4, 4), ((4, 4), (4, 4)), (4, 4)),  # BAM's dilated 4 -> 4 convolutions
+    ((2, 8, 7, 3), (3, 3, 3, 2), ((0, 1), (2, 0)), (1, 1)),  # asymmetric padding
+    ((3, 10, 2), (5, 2, 3), ((2, 2),), (1,)),  # 1-D
+]
+
+
+@pytest.mark.parametrize("shape, kernel_shape, padding, dilation", FEW_OUTPUT_CASES)
+def test_few_output_convolutions_evaluate_as_shifted_sums_and_differentiate_as_lax(shape, kernel_shape, padding, dilation):
+    assert 1 < kernel_shape[-1] <= SHIFTED_SUM_MAX_OUTPUTS and np.prod(kernel_shape[:-1]) <= SHIFTED_SUM_MAX_TERMS
+    reference, ours = _conv_pair(shape, kernel_shape, padding, dilation)
+    _assert_float64_equal(reference, ours, shape, kernel_shape, seed=6)  # evaluated: no convolution
+    x, k = np.ones(shape, "f4"), np.ones(kernel_shape, "f4")
+    assert "conv_general_dilated" in str(jax.make_jaxpr(lambda a, b: jax.vjp(ours, a, b))(x, k))
 
 
 def test_only_tiny_convolutions_take_the_shifted_sum_path():
@@ -118,5 +134,6 @@ def test_inputs_smaller_than_the_kernel_run_as_one_product_over_the_taps(shape, 
     reference, ours = _conv_pair(shape, kernel_shape, padding, dilation)
     _assert_float64_equal(reference, ours, shape, kernel_shape, seed=5, path="dot_general")
     as_large = (shape[0], 3, 3, shape[-1])  # as many positions as taps: a convolution again
-    _, same_size = _conv_pair(as_large, (3, 3, shape[-1], 2), ((1, 1), (1, 1)), (1, 1))
-    assert "conv_general_dilated" in str(jax.make_jaxpr(same_size)(np.ones(as_large, "f4"), np.ones((3, 3, shape[-1], 2), "f4")))
+    wide_kernel = (3, 3, shape[-1], SHIFTED_SUM_MAX_OUTPUTS + 1)  # (with few outputs: shifted sums)
+    _, same_size = _conv_pair(as_large, wide_kernel, ((1, 1), (1, 1)), (1, 1))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(same_size)(np.ones(as_large, "f4"), np.ones(wide_kernel, "f4")))
