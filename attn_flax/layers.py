@@ -71,7 +71,10 @@ def materialized(arrays: Any) -> Any:
     5.5-6 ms of thread time with the coefficients materialised). ``optimization_barrier`` does
     not help on XLA:CPU (it is removed before fusion); a conditional's result is a buffer.
     """
-    probe = jax.tree.leaves(arrays)[0].ravel()[0]
+    first = jax.tree.leaves(arrays)[0]
+    if first.size == 0:  # nothing to compute, and no element to probe
+        return arrays
+    probe = first.ravel()[0]
     return jax.lax.cond(probe == probe, lambda t: t, lambda t: jax.tree.map(lambda a: a + 0, t), arrays)
 
 

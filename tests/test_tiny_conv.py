@@ -137,3 +137,8 @@ def test_inputs_smaller_than_the_kernel_run_as_one_product_over_the_taps(shape, 
     wide_kernel = (3, 3, shape[-1], SHIFTED_SUM_MAX_OUTPUTS + 1)  # (with few outputs: shifted sums)
     _, same_size = _conv_pair(as_large, wide_kernel, ((1, 1), (1, 1)), (1, 1))
     assert "conv_general_dilated" in str(jax.make_jaxpr(same_size)(np.ones(as_large, "f4"), np.ones(wide_kernel, "f4")))
+
+
+def test_few_output_convolutions_accept_an_empty_batch():
+    conv = Conv2d(4, 4, 3, padding=4, dilation=4, rngs=nnx.Rngs(0))  # BAM's 4 -> 4 dilated convolution
+    assert conv(jnp.ones((0, 9, 9, 4))).shape == (0, 9, 9, 4)
