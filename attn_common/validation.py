@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Literal, Sequence
 
 Layout = Literal["NCHW", "NHWC"]
 
 
+def as_int(value: object) -> int | None:
+    """``value`` as a Python int if it is an integer (NumPy integers included, bools not), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def check_positive(name: str, value: int) -> int:
-    """Return ``value`` if it is a positive int, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Return ``value`` as a Python int if it is a positive integer, else raise naming ``name``."""
+    number = as_int(value)
+    if number is None or number < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return value
+    return number
 
 
 def check_odd(name: str, value: int) -> int:
     """Kernel sizes with symmetric 'same' padding must be odd."""
-    check_positive(name, value)
+    value = check_positive(name, value)
     if value % 2 == 0:
         raise ValueError(
             f"`{name}` must be odd so that the padding keeps the size, got {value}"
@@ -30,8 +42,8 @@ def check_reduction(channels: int, reduction: int, minimum: int = 1, *, name: st
 
     ``name`` is the argument's name in the caller (e.g. GAM's ``rate``).
     """
-    check_positive("channels", channels)
-    check_positive(name, reduction)
+    channels = check_positive("channels", channels)
+    reduction = check_positive(name, reduction)
     hidden = channels // reduction
     if hidden < minimum:
         raise ValueError(
@@ -50,16 +62,17 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
 
 
 def check_at_least(name: str, value: int, minimum: int, why: str) -> int:
-    """Return ``value`` if it is an int ``>= minimum``; ``why`` says what needs that much."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Return ``value`` as a Python int if it is an integer ``>= minimum``; ``why`` says what needs that much."""
+    number = as_int(value)
+    if number is None or number < minimum:
         raise ValueError(f"`{name}` must be at least {minimum} ({why}), got {value!r}")
-    return value
+    return number
 
 
 def check_input(
     shape: Sequence[int], channels: int | None, layout: Layout, module: str
 ) -> None:
-    """Check a 4-D image batch: rank 4 and, if given, the channel count.
+    """Check a 4-D image batch: rank 4, a non-empty map and, if given, the channel count.
 
     In NHWC a channel mismatch is usually an NCHW array passed by mistake, and
     the message says so.
@@ -68,6 +81,12 @@ def check_input(
     if len(shape) != 4:
         raise ValueError(
             f"{module} expects a 4-D {layout} input, got shape {shape} (rank {len(shape)})"
+        )
+    spatial = shape[2:] if layout == "NCHW" else shape[1:3]
+    if 0 in spatial:
+        raise ValueError(
+            f"{module} needs a non-empty spatial map, got {layout} input of shape {shape} (H x W = "
+            f"{spatial[0]} x {spatial[1]})"
         )
     if channels is None:
         return

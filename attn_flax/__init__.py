@@ -1,16 +1,16 @@
 """Flax NNX attention modules for vision (NHWC), jit-friendly on CPU, GPU and TPU.
 
 Every class here has a twin of the same name and arguments in ``attn_torch``
-(NCHW); ``parity`` converts weights between them losslessly. On CPU, compile with
-``jax.jit(..., compiler_options=attn_flax.compiler_options())`` for faster k x k
-convolutions (see ``attn_flax.compiler``).
+(NCHW); ``parity`` converts weights between them losslessly. Programs lowered for CPU take a
+few XLA:CPU rewrites (``attn_flax.cpu_kernels``; off with ``set_cpu_kernels(False)`` or
+``ATTN_FLAX_CPU_KERNELS=0``); every other platform gets the plain formulation.
 """
 
 from attn_flax._registry import MODULES
 from attn_flax.bam import BAM
 from attn_flax.cbam import CBAM
 from attn_flax.ccnet import CrissCrossAttention
-from attn_flax.compiler import compiler_options
+from attn_flax.cpu_kernels import compiler_options, cpu_kernels_enabled, set_cpu_kernels
 from attn_flax.coord import CoordAttention
 from attn_flax.danet import ChannelAttention, DualAttention, PositionAttention
 from attn_flax.eca import ECA
@@ -21,4 +21,4 @@ from attn_flax.sge import SGE
 from attn_flax.shuffle import ShuffleAttention
 from attn_flax.models import ResNet
 
-__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "compiler_options"]
+__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "compiler_options", "cpu_kernels_enabled", "set_cpu_kernels"]

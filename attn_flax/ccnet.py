@@ -6,8 +6,6 @@ https://arxiv.org/abs/1811.11721
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -15,7 +13,8 @@ from flax import nnx
 from attn_common import check_input, check_positive
 from attn_common.validation import check_at_least
 from attn_flax._registry import register
-from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype, differentiated_as
+from attn_flax import cpu_kernels
+from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype
 
 
 @register
@@ -28,19 +27,10 @@ class CrissCrossAttention(nnx.Module):
     ``out = gamma * (column-weighted V + row-weighted V) + x``, applied
     ``recurrence`` times with shared weights. ``gamma`` starts at 0.
 
-    The row energies are computed in ``(N, H, W, .)`` order and the column ones in
-    ``(N, W, H, .)`` order, so every product has leading batch axes, and the joint
-    softmax is taken without concatenating the two (a shared maximum and sum; the
-    weighted values are normalised at the end). Slicing a concatenation, as the
-    reference code does, makes XLA fuse the slices into the products that read
-    them, which slows those down. Eval forward under ``jax.jit``, one CPU thread:
-    1.8x faster than the reference's formulation at 8x64x56x56; at 32x256x28x28,
-    where the 1x1 projections are most of the work, about as fast. The centre is
-    masked with ``jnp.where`` (no ``0 * inf``); energies and softmax are computed
-    in float32 whatever ``dtype`` is. Evaluated (not differentiated), the value's
-    bias is added after the attention, as ``gamma * bias`` (a pixel's weights sum
-    to one), which saves a full-size pass; gradients are those of the reference
-    form (``attn_flax.layers.differentiated_as``).
+    The joint softmax is taken without concatenating the row and column energies
+    (slices of a concatenation get fused into the products that read them). The
+    centre is masked with ``jnp.where`` (no ``0 * inf``); energies and softmax are
+    computed in float32 whatever ``dtype`` is.
 
     Args:
         channels: number of input channels C; at least 8 (query/key width C // 8).
@@ -81,37 +71,28 @@ class CrissCrossAttention(nnx.Module):
         query, key = self.query_conv(x), self.key_conv(x)
         value_kernel = self.value_conv.kernel[...][0, 0].astype(x.dtype)
         value_bias = self.value_conv.bias[...].astype(x.dtype)
-        return _criss_cross(x, query, key, value_kernel, value_bias, self.gamma[...])
+        # _criss_cross_attention(value_conv(x), query, key)
+        out = cpu_kernels.bias_after_average(_criss_cross_attention, x, value_kernel, value_bias, query, key)
+        return self.gamma[...].astype(x.dtype) * out + x
 
 
-def _criss_cross_attention(x, query, key, value_kernel, value_bias, gamma, *, bias_after: bool) -> jax.Array:
-    """One application of the module, from the projected query and key ``(N, H, W, C // 8)``.
+def _criss_cross_attention(value: jax.Array, query: jax.Array, key: jax.Array) -> jax.Array:
+    """Each pixel's softmax-weighted sum of ``value`` over its row and column, the centre counted once.
 
-    With ``bias_after`` the value's bias is added after the attention (the weights of a pixel
-    sum to one, so that is ``gamma * value_bias``), which saves XLA a full-size pass.
+    ``query``, ``key``: ``(N, H, W, C // 8)``; ``value``: ``(N, H, W, C)``. The row energies are in
+    ``(N, H, W, .)`` order and the column ones in ``(N, W, H, .)`` order, so every product has leading
+    batch axes; the joint softmax over the ``H + W`` energies shares one maximum and one sum, and
+    the weighted values are normalised at the end.
     """
-    value = jnp.einsum("nhwc,cd->nhwd", x, value_kernel)
-    if not bias_after:
-        value = value + value_bias
     f32 = at_least_float32(query).dtype
     # energy_row[n, h, w, g]: pixel (h, w) against (h, g); energy_col[n, w, h, g]: against (g, w).
     energy_row = jnp.einsum("nhwc,nhgc->nhwg", query, key, preferred_element_type=f32)
     energy_col = jnp.einsum("nwhc,nwgc->nwhg", query.swapaxes(1, 2), key.swapaxes(1, 2), preferred_element_type=f32)
-    energy_col = jnp.where(jnp.eye(x.shape[1], dtype=bool), -jnp.inf, energy_col)  # g == h: counted in the row
-    # softmax over the H + W energies of each pixel: a shared maximum (any value would do) and sum.
+    energy_col = jnp.where(jnp.eye(query.shape[1], dtype=bool), -jnp.inf, energy_col)  # g == h: counted in the row
     peak = jax.lax.stop_gradient(jnp.maximum(energy_row.max(-1), energy_col.max(-1).swapaxes(1, 2)))
     weight_row = jnp.exp(energy_row - peak[..., None])
     weight_col = jnp.exp(energy_col - peak.swapaxes(1, 2)[..., None])
     total = weight_row.sum(-1) + weight_col.sum(-1).swapaxes(1, 2)  # (N, H, W)
     out_row = jnp.einsum("nhwg,nhgc->nhwc", weight_row.astype(value.dtype), value)
     out_col = jnp.einsum("nwhg,nwgc->nwhc", weight_col.astype(value.dtype), value.swapaxes(1, 2))
-    scale = (gamma.astype(f32) / total)[..., None].astype(x.dtype)
-    residual = x + (gamma.astype(x.dtype) * value_bias) if bias_after else x
-    return (out_row + out_col.swapaxes(1, 2)) * scale + residual
-
-
-# Evaluated, the value's bias comes after the attention (eval at 32x256x28x28: 67 -> 59 ms,
-# at 8x64x56x56 10.6 -> 9.5 ms); differentiated, it stays on the value, as the reference
-# has it: with the bias moved, the training step went from 179 to 197 ms at 32x256x28x28.
-_criss_cross = differentiated_as(partial(_criss_cross_attention, bias_after=False))(
-    partial(_criss_cross_attention, bias_after=True))
+    return (out_row + out_col.swapaxes(1, 2)) / total[..., None].astype(value.dtype)

@@ -26,6 +26,7 @@ from flax import nnx
 from attn_common import check_input, check_positive
 from attn_common.validation import check_at_least, check_memory_efficient
 from attn_flax._registry import register
+from attn_flax import cpu_kernels
 from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype, stable_softmax
 
 # H * W from which ``memory_efficient=None`` picks the blockwise path: from there on it is as
@@ -66,29 +67,14 @@ def attend_image_blockwise(query: jax.Array, key: jax.Array, value: jax.Array, b
     return jax.lax.map(lambda chunk: rows(chunk, key, value), padded).reshape(blocks * block, -1)[:length]
 
 
-def over_images(function: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Array:
-    """``function`` applied to each image (leading axis) of ``arrays``, results stacked.
-
-    On CPU (``jax.default_backend()`` when traced) one image after the other
-    (``jax.lax.map``): one image's attention matrix and projections stay in cache where
-    the whole batch's do not (PositionAttention eval at 32x256x28x28 on the README's CPU:
-    attention alone 105 ms for the batch at once, 72-81 ms image by image; a copy of the
-    whole module 114-121 -> 84-90 ms once the projections moved into the loop too). On
-    other backends ``jax.vmap``: the whole batch at once keeps the device busy.
-    """
-    if jax.default_backend() == "cpu":
-        return jax.lax.map(lambda image: function(*image), arrays)
-    return jax.vmap(function)(*arrays)
-
-
 def attend_exact(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
     """:func:`attend_image` over a batch: ``(N, Lq, D)``, ``(N, Lk, D)``, ``(N, Lk, C)`` -> ``(N, Lq, C)``."""
-    return over_images(attend_image, query, key, value)
+    return cpu_kernels.map_images(attend_image, query, key, value)
 
 
 def attend_blockwise(query: jax.Array, key: jax.Array, value: jax.Array, block: int) -> jax.Array:
     """:func:`attend_image_blockwise` over a batch (shapes as :func:`attend_exact`)."""
-    return over_images(functools.partial(attend_image_blockwise, block=block), query, key, value)
+    return cpu_kernels.map_images(functools.partial(attend_image_blockwise, block=block), query, key, value)
 
 
 def query_block(pixels: int) -> int:
@@ -106,7 +92,8 @@ class PositionAttention(nnx.Module):
     with the softmax over the keys of the ``(N, HW, HW)`` energy ``Q K^T`` (not
     scaled by ``1/sqrt(C // 8)``). ``gamma`` starts at 0 (identity at initialisation).
 
-    On CPU the module runs one image at a time (:func:`over_images`). Two paths compute
+    The module is written per image (projections, attention, residual) and mapped over the
+    batch (:func:`attn_flax.cpu_kernels.map_images`). Two paths compute
     the same function. The exact path builds each image's matrix and keeps it for the
     backward pass: memory grows as ``N (HW)^2``. The memory-efficient path
     (:func:`attend_image_blockwise`)
@@ -155,7 +142,7 @@ class PositionAttention(nnx.Module):
         check_input(x.shape, self.channels, "NHWC", "PositionAttention")
         x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
         blockwise = self.uses_blockwise(x.shape[1], x.shape[2])
-        return over_images(lambda image: self._attend(image, blockwise), x)
+        return cpu_kernels.map_images(lambda image: self._attend(image, blockwise), x)
 
     def _attend(self, image: jax.Array, blockwise: bool) -> jax.Array:
         """One ``(H, W, C)`` image: projections, attention, residual."""

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attn_common import check_input, check_odd, eca_kernel_size
+from attn_common import check_input, check_odd, check_positive, eca_kernel_size
 from attn_flax._registry import register
 from attn_flax.layers import Conv1d, Dtype, compute_dtype, stable_mean
 
@@ -23,11 +23,12 @@ class ECA(nnx.Module):
     ``conv.bias``; the reference has the bias, the official code does not).
 
     Args:
-        kernel_size: odd size k of the 1-D convolution. ``None`` (default) means
-            3 unless ``channels`` is given.
-        channels: number of input channels C. With ``kernel_size=None`` it selects
-            the paper's adaptive ``k = |log2(C)/2 + 1/2|`` rounded up to odd; in
-            any case it enables the input channel check.
+        channels: number of input channels C (default ``None``: any). With
+            ``kernel_size=None`` it selects the paper's adaptive
+            ``k = |log2(C)/2 + 1/2|`` rounded up to odd; in any case it enables the
+            input channel check.
+        kernel_size: odd size k of the 1-D convolution, by keyword. ``None``
+            (default): adaptive from ``channels``, 3 without ``channels``.
         dtype, param_dtype, rngs: as in ``flax.nnx`` layers.
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -35,16 +36,18 @@ class ECA(nnx.Module):
 
     def __init__(
         self,
-        kernel_size: int | None = None,
         channels: int | None = None,
         *,
+        kernel_size: int | None = None,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        if channels is not None:
+            channels = check_positive("channels", channels)
         if kernel_size is None:
             kernel_size = 3 if channels is None else eca_kernel_size(channels)
-        check_odd("kernel_size", kernel_size)
+        kernel_size = check_odd("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.channels = channels
         self.dtype = dtype

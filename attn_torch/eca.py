@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attn_common import check_input, check_odd, eca_kernel_size
+from attn_common import check_input, check_odd, check_positive, eca_kernel_size
 from attn_torch._registry import register
 
 
@@ -22,27 +22,30 @@ class ECA(nn.Module):
     reference does, and we keep it so reference checkpoints load).
 
     Args:
-        kernel_size: odd size k of the 1-D convolution. ``None`` (default) means
-            3 unless ``channels`` is given.
-        channels: number of input channels C. With ``kernel_size=None`` it selects
-            the paper's adaptive ``k = |log2(C)/2 + 1/2|`` rounded up to odd; in
-            any case it enables the input channel check.
+        channels: number of input channels C (default ``None``: any). With
+            ``kernel_size=None`` it selects the paper's adaptive
+            ``k = |log2(C)/2 + 1/2|`` rounded up to odd; in any case it enables the
+            input channel check.
+        kernel_size: odd size k of the 1-D convolution, by keyword. ``None``
+            (default): adaptive from ``channels``, 3 without ``channels``.
 
     Input ``(N, C, H, W)``; output has the same shape.
     """
 
     def __init__(
         self,
-        kernel_size: int | None = None,
         channels: int | None = None,
         *,
+        kernel_size: int | None = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
+        if channels is not None:
+            channels = check_positive("channels", channels)
         if kernel_size is None:
             kernel_size = 3 if channels is None else eca_kernel_size(channels)
-        check_odd("kernel_size", kernel_size)
+        kernel_size = check_odd("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.channels = channels
         self.conv = nn.Conv1d(

@@ -30,18 +30,18 @@ class SGE(nn.Module):
     ``ValueError``; so does a channel count not divisible by ``groups``.
 
     Args:
-        groups: number of channel groups G.
         channels: number of input channels C (default ``None``: any multiple of
             ``groups``); only used to check the input.
+        groups: number of channel groups G, by keyword (default 8).
 
     Input ``(N, C, H, W)`` with H*W >= 2; output has the same shape.
     """
 
-    def __init__(self, groups: int, channels: int | None = None, *, device=None, dtype=None):
+    def __init__(self, channels: int | None = None, *, groups: int = 8, device=None, dtype=None):
         super().__init__()
-        check_positive("groups", groups)
+        groups = check_positive("groups", groups)
         if channels is not None:
-            check_positive("channels", channels)
+            channels = check_positive("channels", channels)
             check_divisible("channels", channels, "`groups`", groups)
         self.groups = groups
         self.channels = channels

@@ -3,14 +3,20 @@
 For one registry :class:`~parity.registry.Spec` and one
 :class:`~parity.registry.Case`, :func:`run_case` builds the torch module with
 random weights and random BatchNorm statistics, converts it with
-:func:`parity.to_flax`, and compares, for each mode of the case:
+:func:`parity.to_flax`, and compares with torch, for each mode of the case and
+for each Flax path (``plain``: the CPU kernels off; ``cpu_kernels``: on, see
+``attn_flax.cpu_kernels``):
 
-* ``eval`` / ``train``: the outputs;
+* ``eval`` / ``train``: the output of the eager call, of the ``nnx.jit`` call and
+  the value computed under ``nnx.grad`` (each path can differ: a kernel may be
+  evaluated one way and differentiated another);
 * ``grad_input``: the gradient of ``sum(out * cotangent)`` w.r.t. the input;
 * ``grad_param``: the same gradient w.r.t. every parameter (by torch name);
 * ``bn_stats``: every buffer (running mean/var, ``num_batches_tracked``) after
-  the training step;
-* ``jit``: ``nnx.jit`` of the Flax module against the eager Flax module.
+  the training step.
+
+Tensor names in a result say which path and call a difference came from
+(``cpu_kernels/jit``, ``plain/conv.weight``).
 
 :func:`run_bf16` measures mixed precision: attn_flax with ``dtype=jnp.bfloat16``
 and attn_torch under ``torch.autocast("cpu", dtype=torch.bfloat16)``, each
@@ -19,6 +25,7 @@ against the float32 torch module (eval forward and input gradient).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -30,11 +37,14 @@ import torch
 from flax import nnx
 
 import attn_torch
+from attn_flax.cpu_kernels import set_cpu_kernels
 from parity.convert import state_dict, to_flax
 from parity.registry import Case, Spec
 from parity.tolerances import Bf16Tolerance, Tolerance, bf16_tolerance, tolerance
 
-CHECKS = ("eval", "train", "grad_input", "grad_param", "bn_stats", "jit")
+CHECKS = ("eval", "train", "grad_input", "grad_param", "bn_stats")
+PATHS = ("plain", "cpu_kernels")
+CALLS = ("eager", "jit", "grad")
 
 
 @dataclass
@@ -197,46 +207,60 @@ def _buffers(module: torch.nn.Module) -> dict[str, np.ndarray]:
     return {n: b.numpy().copy() for n, b in module.named_buffers()}
 
 
-def run_case(spec: Spec, case: Case, seed: int = 0, jit: bool = True) -> CaseResult:
-    """Run every check of one case and return the per-check results."""
+def flax_calls(module: nnx.Module, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The output of the eager call and of the ``nnx.jit`` call, torch layout; ``module`` is not changed."""
+    xf = jnp.asarray(nhwc(x))
+    eager = np.asarray(nnx.clone(module)(xf))
+    jitted = np.asarray(nnx.jit(lambda m, v: m(v))(nnx.clone(module), xf))  # traced afresh, see flax_step
+    return {"eager": nchw(eager), "jit": nchw(jitted)}
+
+
+def run_case(spec: Spec, case: Case, seed: int = 0, calls: bool = True, paths: tuple[str, ...] = PATHS,
+             modes: tuple[str, ...] | None = None) -> CaseResult:
+    """Run every check of one case and return the per-check results.
+
+    ``calls=False`` leaves out the eager and jitted calls (the value under ``grad`` is
+    always compared); ``paths`` and ``modes`` select a subset (default: all).
+    """
     torch.manual_seed(seed)
     torch_module = randomize_(attn_torch.MODULES[spec.name](**spec.kwargs_for(case)), seed)
-    flax_module = to_flax(torch_module)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.shape, dtype=np.float32)
     result = CaseResult(spec.name, case.label)
     param_names = [n for n, _ in torch_module.named_parameters()]
     buffer_names = list(_buffers(torch_module))
-    cotangent = None
+    with torch.no_grad():
+        out_shape = tuple(torch_module.eval()(torch.from_numpy(x)).shape)
+    cotangent = rng.standard_normal(out_shape, dtype=np.float32)
 
     def record(check: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> None:
         outcome = compare(check, ref, got, tolerance(spec.name, check), shared_scale=check == "grad_param")
         result.checks[check] = merge(result.checks.get(check), outcome)
 
-    for mode in case.modes:
+    for mode in modes or case.modes:
         training = mode == "train"
-        torch_module.train(training)
-        flax_module.train() if training else flax_module.eval()
-        if cotangent is None:
-            with torch.no_grad():
-                out_shape = torch_module.eval()(torch.from_numpy(x)).shape
-            torch_module.train(training)
-            cotangent = rng.standard_normal(tuple(out_shape), dtype=np.float32)
+        before = copy.deepcopy(torch_module.train(training))
         t = torch_step(torch_module, x, cotangent)
-        f = flax_step(flax_module, x, cotangent, param_names)
-        record(mode, {"output": t.output}, {"output": f.output})
-        record("grad_input", {"input": t.grad_input}, {"input": f.grad_input})
-        record("grad_param", t.grad_params, f.grad_params)
-        if training and buffer_names:
-            flax_state = state_dict(flax_module)
-            record("bn_stats", _buffers(torch_module), {n: flax_state[n] for n in buffer_names})
-
-    if jit:
-        flax_module.eval()
-        xf = jnp.asarray(nhwc(x))
-        eager = np.asarray(flax_module(xf))
-        jitted = np.asarray(nnx.jit(lambda m, v: m(v))(flax_module, xf))
-        record("jit", {"output": eager}, {"output": jitted})
+        outputs, grad_input, grad_params, buffers = {}, {}, {}, {}
+        for path in paths:
+            with set_cpu_kernels(path == "cpu_kernels"):
+                flax_module = to_flax(before)
+                flax_module.train() if training else flax_module.eval()
+                if calls:
+                    outputs.update({f"{path}/{call}": out for call, out in flax_calls(flax_module, x).items()})
+                f = flax_step(flax_module, x, cotangent, param_names)
+            outputs[f"{path}/grad"] = f.output
+            grad_input[path] = f.grad_input
+            grad_params.update({f"{path}/{n}": g for n, g in f.grad_params.items()})
+            if training and buffer_names:
+                flax_state = state_dict(flax_module)
+                buffers.update({f"{path}/{n}": flax_state[n] for n in buffer_names})
+        record(mode, dict.fromkeys(outputs, t.output), outputs)
+        record("grad_input", dict.fromkeys(grad_input, t.grad_input), grad_input)
+        record("grad_param", {k: t.grad_params[k.split("/", 1)[1]] for k in grad_params}, grad_params)
+        if buffers:
+            torch_buffers = _buffers(torch_module)
+            record("bn_stats", {k: torch_buffers[k.split("/", 1)[1]] for k in buffers}, buffers)
     return result
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 
 from parity.harness import (
-    BF16_CHECKS, BF16_RUNS, CHECKS, Bf16Result, CaseResult, CheckResult, merge, run_bf16, run_case,
+    BF16_CHECKS, BF16_RUNS, CHECKS, PATHS, Bf16Result, CaseResult, CheckResult, merge, run_bf16, run_case,
 )
 from parity.registry import SPECS
 
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     from parity.xla_cache import enable_compilation_cache
 
     cache = enable_compilation_cache() if args.cache else None
-    print(f"parity report: torch vs flax, float32, JAX backend {jax.default_backend()}"
+    print(f"parity report: torch vs flax, float32, JAX backend {jax.default_backend()}, "
+          f"Flax paths {' and '.join(PATHS)}, calls eager, jit and under grad"
           f"{f', compilation cache {cache}' if cache else ''}", file=sys.stderr)
     table, results = run(args.modules, args.seed, args.quick)
     print("cells: max abs diff / max rel diff (|flax - torch| / (|torch| + atol floor)) over all cases")

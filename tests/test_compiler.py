@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import attn_flax
-from attn_flax import compiler
+from attn_flax import cpu_kernels as compiler
 from parity.tolerances import tolerance
 
 
@@ -29,8 +29,10 @@ def test_cpu_options_keep_convolutions_on_xla_and_change_no_result():
     np.testing.assert_allclose(tuned(x, w), expected, rtol=tol.rtol, atol=tol.atol * max(1.0, float(jnp.abs(expected).max())))
 
 
-def test_no_options_off_cpu():
+def test_no_options_off_cpu_or_with_the_cpu_kernels_off():
     assert attn_flax.compiler_options("gpu") == {} and attn_flax.compiler_options("tpu") == {}
+    with attn_flax.set_cpu_kernels(False):
+        assert attn_flax.compiler_options("cpu") == {}
 
 
 def test_an_option_this_xla_rejects_gives_no_options_and_a_warning(monkeypatch):

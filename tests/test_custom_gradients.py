@@ -1,12 +1,11 @@
-"""The custom derivative rules (ShuffleAttention, SGE, CBAM, CrissCrossAttention) against autodiff of a plain formulation.
+"""The CPU kernels' forms and derivative rules (ShuffleAttention, SGE, CBAM, CrissCrossAttention)
+against autodiff of an independent plain formulation, and forward mode on every module.
 
-ShuffleAttention and SGE run as ``jax.custom_vjp`` functions whose forward and backward are
-arranged for XLA:CPU (see ``attn_flax/shuffle.py`` and ``attn_flax/sge.py``); CBAM's channel
-pooling and CrissCrossAttention's value bias are evaluated in one form and differentiated in
-another (``attn_flax.layers.differentiated_as``). Here each is
-compared in float64 with ``jax.grad`` of the module written out branch by branch, as the
-paper and the torch twin describe it, for the output, the input gradient and every
-parameter gradient. Inputs carry a mean offset, so that a centring mistake in a backward
+With the CPU kernels on, these modules run a reformulation (``attn_flax.cpu_kernels``), some
+evaluated one way and differentiated another (``custom_jvp``). Here each module, with the
+kernels on and off, is compared in float64 with ``jax.grad`` of the module written out branch
+by branch, as the paper and the torch twin describe it, for the output, the input gradient and
+every parameter gradient. Inputs carry a mean offset, so that a centring mistake in a backward
 shows, and the group counts include an odd one and one channel per half-group.
 """
 
@@ -19,7 +18,7 @@ import pytest
 from flax import nnx
 
 import attn_flax
-from attn_flax.layers import differentiated_as
+from attn_flax.cpu_kernels import _evaluated_as
 from parity.registry import SPECS
 from parity.tolerances import tolerance
 
@@ -87,9 +86,10 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["cpu_kernels", "plain"])
 @pytest.mark.parametrize("name,plain,channels,kwargs,nhw", CASES, ids=[f"{c[0]}-{c[2]}-{c[3]}" for c in CASES])
-def test_hand_written_backward_equals_autodiff_of_the_plain_formulation(name, plain, channels, kwargs, nhw):
-    with jax.enable_x64(True):
+def test_module_equals_autodiff_of_the_plain_formulation(name, plain, channels, kwargs, nhw, kernels):
+    with jax.enable_x64(True), attn_flax.set_cpu_kernels(kernels):
         module = attn_flax.MODULES[name](channels=channels, **kwargs, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
         module = _randomized(module, seed=1)
         n, h, w = nhw
@@ -115,9 +115,10 @@ def test_hand_written_backward_equals_autodiff_of_the_plain_formulation(name, pl
             np.testing.assert_allclose(got, want, atol=ATOL * max(1.0, float(jnp.abs(want).max())), rtol=0)
 
 
-def test_differentiated_as_evaluates_the_body_and_differentiates_the_reference():
+@pytest.mark.parametrize("fast_primal", [True, False])
+def test_evaluated_as_evaluates_the_body_and_differentiates_the_reference(fast_primal):
     # A body whose own derivative would be wrong (0 instead of 2x): the rule must come from the reference.
-    square = differentiated_as(lambda x: x ** 2)(lambda x: jax.lax.stop_gradient(x * x))
+    square = _evaluated_as(lambda x: jax.lax.stop_gradient(x * x), lambda x: x ** 2, fast_primal=fast_primal)
     x = jnp.array([1.5, -2.0])
     np.testing.assert_array_equal(jax.jit(square)(x), x * x)
     np.testing.assert_array_equal(jax.grad(lambda v: square(v).sum())(x), 2 * x)
@@ -125,21 +126,22 @@ def test_differentiated_as_evaluates_the_body_and_differentiates_the_reference()
     np.testing.assert_array_equal(jax.jacfwd(square)(x), jnp.diag(2 * x))
 
 
-REVERSE_MODE_ONLY = {"CBAM", "ECA", "SGE", "ShuffleAttention"}  # custom_vjp inside; the README lists them
-
-
+@pytest.mark.parametrize("kernels", [True, False], ids=["cpu_kernels", "plain"])
 @pytest.mark.parametrize("name", sorted(set(attn_flax.MODULES) - {"ResNet"}))
-def test_forward_mode_works_except_where_the_readme_says(name):
+def test_forward_mode_agrees_with_reverse_mode(name, kernels):
+    """``<J t, c> == <t, J^T c>`` for every module, eval and train, on both paths."""
     module = attn_flax.MODULES[name](**SPECS[name].kwargs_at(16), rngs=nnx.Rngs(0))
-    module.eval()
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 6, 16)), jnp.float32)
-    if name in REVERSE_MODE_ONLY:
-        with pytest.raises(TypeError, match="custom_vjp"):
-            jax.jvp(module, (x,), (x,))
-    else:  # forward mode agrees with reverse mode: <J t, c> == <t, J^T c>
-        rng = np.random.default_rng(1)
-        t, c = (jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for _ in range(2))
-        _, forward = jax.jvp(module, (x,), (t,))
-        (reverse,) = jax.vjp(module, x)[1](c)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 6, 16)), jnp.float32)
+    rng = np.random.default_rng(1)
+    t, c = (jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for _ in range(2))
+    for mode in ("eval", "train"):
+        module.eval() if mode == "eval" else module.train()
+        graph, state = nnx.split(module)
+        apply = lambda v: nnx.merge(graph, state, copy=True)(v)  # noqa: E731  (fresh statistics for each call)
+        with attn_flax.set_cpu_kernels(kernels):
+            _, forward = jax.jvp(apply, (x,), (t,))
+            (reverse,) = jax.vjp(apply, x)[1](c)
+            hessian_vector = jax.jvp(jax.grad(lambda v: jnp.vdot(apply(v), c)), (x,), (t,))[1]
         # Two float32 sums of the same products in different orders: measured at most 4.6e-7 apart.
         np.testing.assert_allclose(jnp.vdot(forward, c), jnp.vdot(t, reverse), rtol=tolerance(name, "eval").rtol)
+        assert hessian_vector.shape == x.shape and bool(jnp.isfinite(hessian_vector).all())

@@ -35,7 +35,7 @@ def test_a_wrong_output_is_caught(monkeypatch):
     original = attn_flax.SE.__call__
     monkeypatch.setattr(attn_flax.SE, "__call__", lambda self, x: original(self, x) * 1.001)
     spec = SPECS["SE"]
-    result = run_case(spec, spec.cases[0], jit=False)
+    result = run_case(spec, spec.cases[0], calls=False)
     assert not result.checks["eval"].passed and not result.checks["train"].passed
     assert not result.checks["grad_input"].passed
 
@@ -50,6 +50,6 @@ def test_flax_momentum_convention_is_caught(monkeypatch):
 
     monkeypatch.setattr(BatchNorm, "__init__", flax_convention)
     spec = SPECS["CoordAttention"]
-    result = run_case(spec, spec.cases[0], jit=False)
+    result = run_case(spec, spec.cases[0], calls=False)
     assert not result.checks["bn_stats"].passed
     assert result.checks["train"].passed  # outputs alone would not have shown it

@@ -61,7 +61,7 @@ def test_linen_equals_nnx_with_the_same_weights(name):
 
 
 def test_channel_params_stay_among_the_params():
-    variables = attn_linen.SGE(4, channels=32).init(jax.random.key(0), _inputs((2, 32, 5, 7)))
+    variables = attn_linen.SGE(32, groups=4).init(jax.random.key(0), _inputs((2, 32, 5, 7)))
     assert set(variables) == {"params"}
     assert jax.tree.map(jnp.shape, variables["params"]) == {"weight": (1, 1, 1, 4), "bias": (1, 1, 1, 4)}
 

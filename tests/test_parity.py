@@ -17,7 +17,7 @@ def test_both_packages_register_the_same_modules():
 @pytest.mark.parametrize("spec,case", CASES, ids=[f"{s.name}-{c.label}" for s, c in CASES])
 def test_parity(spec, case):
     result = run_case(spec, case)
-    expected = {"jit", "grad_input", "grad_param", *case.modes}
+    expected = {"grad_input", "grad_param", *case.modes}
     assert expected <= set(result.checks), f"checks not run: {expected - set(result.checks)}"
     assert result.passed, "\n".join(result.failures())
 
@@ -30,7 +30,7 @@ def test_batchnorm_modules_compare_statistics(name):
     spec = SPECS[name]
     case = next(c for c in spec.cases if "train" in c.modes)
     module = attn_torch.MODULES[name](**spec.kwargs_for(case))
-    result = run_case(spec, case, jit=False)
+    result = run_case(spec, case, calls=False)
     has_buffers = any(True for _ in module.buffers())
     assert ("bn_stats" in result.checks) == has_buffers
     assert set(result.checks) <= set(CHECKS)

@@ -48,7 +48,7 @@ def test_bad_hyper_parameters(package, name, kwargs, words):
 
 @PACKAGES
 def test_sge_without_channels_checks_divisibility_at_call_time(package):
-    module = _build(package, "SGE", 8)
+    module = _build(package, "SGE", groups=8)
     assert module(_input(package, 2, 16, 5, 7)).shape == _input(package, 2, 16, 5, 7).shape
     with pytest.raises(ValueError, match="`channels`=20 must be divisible by `groups`=8"):
         module(_input(package, 2, 20, 5, 7))
@@ -57,7 +57,7 @@ def test_sge_without_channels_checks_divisibility_at_call_time(package):
 @PACKAGES
 @pytest.mark.parametrize("channels", [None, 16])
 def test_sge_single_position_is_a_clear_error(package, channels):
-    module = _build(package, "SGE", 4, channels=channels)
+    module = _build(package, "SGE", channels, groups=4)
     with pytest.raises(ValueError, match=r"`H\*W` must be at least 2 \(SGE divides by the unbiased std"):
         module(_input(package, 2, 16, 1, 1))
     out = module(_input(package, 2, 16, 1, 2))  # two positions: defined
@@ -75,7 +75,7 @@ def test_reference_sge_gives_nan_on_a_single_position():
 
 @PACKAGES
 @pytest.mark.parametrize(
-    "name,args", [("ShuffleAttention", (16, 4)), ("SGE", (4, 16)), *[(n, (16,)) for n in PSA]]
+    "name,args", [("ShuffleAttention", (16, 4)), ("SGE", (16,)), *[(n, (16,)) for n in PSA]]
 )
 def test_wrong_channels_and_rank(package, name, args):
     module = _build(package, name, *args)
@@ -92,10 +92,10 @@ def test_initial_values_follow_the_reference_in_both_packages():
         },
         "SGE": {"weight": 0.0, "bias": 0.0},
     }
-    args = {"ShuffleAttention": (32, 4), "SGE": (4,)}
+    args = {"ShuffleAttention": {"channels": 32, "groups": 4}, "SGE": {"groups": 4}}
     for name, values in expected.items():
-        torch_state = attn_torch.MODULES[name](*args[name]).state_dict()
-        flax_state = parity.state_dict(attn_flax.MODULES[name](*args[name], rngs=nnx.Rngs(0)))
+        torch_state = attn_torch.MODULES[name](**args[name]).state_dict()
+        flax_state = parity.state_dict(attn_flax.MODULES[name](**args[name], rngs=nnx.Rngs(0)))
         for key, value in values.items():
             np.testing.assert_array_equal(torch_state[key].numpy(), np.full(torch_state[key].shape, value))
             np.testing.assert_array_equal(flax_state[key], torch_state[key].numpy())
@@ -105,13 +105,13 @@ def test_flax_channel_params_are_stored_channel_last():
     module = attn_flax.ShuffleAttention(48, groups=3, rngs=nnx.Rngs(0))
     assert module.cweight.shape == (1, 1, 1, 8)
     assert parity.state_dict(module)["cweight"].shape == (1, 8, 1, 1)
-    assert attn_flax.SGE(6, rngs=nnx.Rngs(0)).weight.shape == (1, 1, 1, 6)
+    assert attn_flax.SGE(groups=6, rngs=nnx.Rngs(0)).weight.shape == (1, 1, 1, 6)
 
 
 @PACKAGES
 def test_sge_starts_as_half_the_input(package):
     x = _input(package, 2, 16, 5, 7)
-    out = _build(package, "SGE", 4)(x)
+    out = _build(package, "SGE", groups=4)(x)
     np.testing.assert_allclose(np.asarray(out.detach() if package == "torch" else out), 0.5 * np.asarray(x), rtol=1e-6)
 
 
@@ -131,7 +131,7 @@ def test_channel_shuffle_interleaves_the_two_halves():
     np.testing.assert_array_equal(np.asarray(out)[0, 0, 0], order)
 
 
-@pytest.mark.parametrize("name,args", [("ShuffleAttention", (16, 4)), ("SGE", (4, 16)), *[(n, (16,)) for n in PSA]])
+@pytest.mark.parametrize("name,args", [("ShuffleAttention", (16, 4)), ("SGE", (16,)), *[(n, (16,)) for n in PSA]])
 def test_flax_compute_dtype(name, args):
     module = attn_flax.MODULES[name](*args, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     out = module(jnp.linspace(-2, 2, 5 * 7 * 16).reshape(1, 5, 7, 16).astype(jnp.bfloat16))

@@ -1,4 +1,4 @@
-"""The shifted-sum path of ``attn_flax.layers.conv_general_dilated`` is the same convolution.
+"""The CPU forms of ``attn_flax.cpu_kernels.conv_general_dilated`` are the same convolution.
 
 Compared in float64 against ``jax.lax.conv_general_dilated`` (forward, input and kernel
 gradients), so any indexing mistake shows as an O(1) error, not rounding.
@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 import attn_flax
-from attn_flax.layers import SHIFTED_SUM_MAX_OUTPUTS, SHIFTED_SUM_MAX_TERMS, Conv2d, conv_general_dilated
+from attn_flax.cpu_kernels import SHIFTED_SUM_MAX_OUTPUTS, SHIFTED_SUM_MAX_TERMS, _cpu_conv
+from attn_flax.layers import Conv2d
 
 CHANNELS_LAST = {4: ("NHWC", "HWIO", "NHWC"), 3: ("NWC", "WIO", "NWC")}
 
@@ -31,8 +32,9 @@ def _conv_pair(shape, kernel_shape, padding, dilation, strides=None):
     def reference(x, k):
         return jax.lax.conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=numbers)
 
-    def ours(x, k):
-        return conv_general_dilated(x, k, strides, padding, rhs_dilation=dilation, dimension_numbers=numbers)
+    def ours(x, k):  # the CPU form, or XLA's convolution where the kernel keeps it
+        cpu = _cpu_conv(x, k, strides, padding, None, dilation, numbers, 1, None, None)
+        return reference(x, k) if cpu is None else cpu(x, k)
 
     return reference, ours
 
@@ -92,12 +94,18 @@ def test_few_output_convolutions_evaluate_as_shifted_sums_and_differentiate_as_l
     assert "conv_general_dilated" in str(jax.make_jaxpr(lambda a, b: jax.vjp(ours, a, b))(x, k))
 
 
+def _lowered_for_cpu(function, *args) -> str:
+    return jax.jit(function).lower(*args).as_text()
+
+
 def test_only_tiny_convolutions_take_the_shifted_sum_path():
     x = jnp.ones((1, 8, 8, 64))
     big = Conv2d(64, 1, 3, padding=1, rngs=nnx.Rngs(0))  # 576 multiply-adds per output
-    assert "conv_general_dilated" in str(jax.make_jaxpr(big)(x))
+    assert "stablehlo.convolution" in _lowered_for_cpu(lambda v: big(v), x)
     cbam = attn_flax.CBAM(64, rngs=nnx.Rngs(0))
-    assert "conv_general_dilated" not in str(jax.make_jaxpr(cbam.sa)(x))
+    assert "stablehlo.convolution" not in _lowered_for_cpu(lambda v: cbam.sa(v), x)
+    with attn_flax.set_cpu_kernels(False):
+        assert "stablehlo.convolution" in _lowered_for_cpu(lambda v: cbam.sa(v), x)
 
 
 def test_bfloat16_computes_in_float32_and_returns_bfloat16():
