@@ -23,14 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_common import check_input, check_positive
+from attn_common.tables import MEMORY_EFFICIENT_MIN_PIXELS
 from attn_common.validation import check_at_least, check_memory_efficient
 from attn_torch._registry import register
-
-# H * W from which ``memory_efficient=None`` picks the blockwise path: from there on it is as
-# fast as the exact path or faster in both frameworks (8x64x48x48, forward + backward, one CPU
-# thread: torch 0.40 s vs 0.91 s, Flax 1.0 s vs 1.4 s), and one image's matrix is 16 MiB.
-# The same number in attn_torch.danet and attn_flax.danet: both take the same path.
-MEMORY_EFFICIENT_MIN_PIXELS = 2048
 
 
 def softmax_in_float32(energy: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
