@@ -6,6 +6,7 @@ Every class here has a twin of the same name and arguments in ``attn_torch``
 convolutions (see ``attn_flax.compiler``).
 """
 
+from attn_common._version import __version__
 from attn_flax._registry import MODULES
 from attn_flax.bam import BAM
 from attn_flax.cbam import CBAM
