@@ -38,9 +38,7 @@ def attend_exact(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) ->
 
     ``query``, ``key``: ``(N, L, D)``; ``value``: ``(N, L, C)``; returns ``(N, L, C)``.
     On CPU one image after the other: one image's matrix stays in cache where the whole
-    batch's does not (PositionAttention eval at 32x256x28x28 on the README's CPU: 89-122 ms
-    for the batch at once, 74-83 ms image by image, the same result bit for bit there). On
-    other devices the whole batch at once.
+    batch's does not. On other devices the whole batch at once.
     """
     if query.device.type != "cpu":
         return softmax_in_float32(query @ key.transpose(1, 2), value) @ value
@@ -76,11 +74,8 @@ class PositionAttention(nn.Module):
     Two paths compute the same function. The exact path builds the matrix (on CPU one
     image's at a time, see :func:`attend_exact`) and keeps it for the backward pass:
     memory grows as ``N (HW)^2``. The memory-efficient path (:func:`attend_blockwise`,
-    ``F.scaled_dot_product_attention``) never holds it: forward + backward at
-    8x64x112x112, where one copy of the matrix is 5 GB, peaks at 0.75 GB resident
-    for the whole process, 0.46 GB above its size before the step
-    (``python -m parity.memory``, CPU). The two agree within the
-    float32 parity tolerance. The softmax runs in float32, also under
+    ``F.scaled_dot_product_attention``) never holds it (measured peaks: docs/memory.md,
+    ``python -m parity memory``). The two agree within the float32 parity tolerance. The softmax runs in float32, also under
     ``torch.autocast``.
 
     Args:
