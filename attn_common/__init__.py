@@ -5,6 +5,7 @@ input shapes with the same functions, so a bad argument raises the same
 ``ValueError`` with the same words in either framework.
 """
 
+from attn_common._version import __version__
 from attn_common.validation import (
     check_batch_statistics,
     check_divisible,

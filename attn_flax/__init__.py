@@ -6,6 +6,7 @@ few XLA:CPU rewrites (``attn_flax.cpu_kernels``; off with ``set_cpu_kernels(Fals
 ``ATTN_FLAX_CPU_KERNELS=0``); every other platform gets the plain formulation.
 """
 
+from attn_common._version import __version__
 from attn_flax._registry import MODULES
 from attn_flax.bam import BAM
 from attn_flax.cbam import CBAM

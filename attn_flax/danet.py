@@ -33,7 +33,7 @@ from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype, sta
 # fast as the exact path or faster in both frameworks (8x64x48x48, forward + backward, one CPU
 # thread: torch 0.40 s vs 0.91 s, Flax 1.0 s vs 1.4 s), and one image's matrix is 16 MiB.
 # The same number in attn_torch.danet and attn_flax.danet: both take the same path.
-MEMORY_EFFICIENT_MIN_PIXELS = 2048
+from attn_common.tables import MEMORY_EFFICIENT_MIN_PIXELS  # noqa: E402
 # Energies per block of one image's queries in the blockwise path: block * HW <= this (32 MiB in float32).
 BLOCK_ENERGIES = 1 << 23
 

@@ -18,14 +18,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_common import check_input, check_positive
+from attn_common.tables import RESNET_LAYOUTS as LAYOUTS, RESNET_WIDTHS as WIDTHS
 from attn_common.validation import check_choice
 from attn_flax._registry import MODULES, register
 from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear, compute_dtype, stable_mean
-
-# depth -> (block, blocks per stage), torchvision's table.
-LAYOUTS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
-           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
-WIDTHS = (64, 128, 256, 512)
 
 AttentionFactory = Callable[[int], nnx.Module]
 

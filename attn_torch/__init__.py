@@ -4,6 +4,7 @@ Every class here has a twin of the same name and arguments in ``attn_flax``
 (NHWC); ``parity`` converts weights between them losslessly.
 """
 
+from attn_common._version import __version__
 from attn_torch._registry import MODULES
 from attn_torch.bam import BAM
 from attn_torch.cbam import CBAM

@@ -34,10 +34,8 @@ class CrissCrossAttention(nn.Module):
     * the three 1x1 convolutions run as one matrix product that reads the NCHW
       input transposed and writes channels last (``gamma`` folded into the value
       weights); the row branch multiplies in that layout, the column branch in
-      ``(N, W, H, C)`` order, and the sum goes back to NCHW once. Eval forward
-      on one CPU thread: 1.9x faster than the reference at 8x64x56x56, 1.5x at
-      32x256x28x28, where the 1x1 projection (the same work in both) is about
-      half of the time;
+      ``(N, W, H, C)`` order, and the sum goes back to NCHW once, which saves the
+      reference's transposed copies (timings in docs/benchmarks.md);
     * the centre is masked by writing ``-inf`` on the diagonal of the column
       energies, on the input's device and in its dtype (no ``0 * inf``; bfloat16
       and ``torch.autocast`` work), and the softmax runs in float32;

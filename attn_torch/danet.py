@@ -23,14 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attn_common import check_input, check_positive
+from attn_common.tables import MEMORY_EFFICIENT_MIN_PIXELS
 from attn_common.validation import check_at_least, check_memory_efficient
 from attn_torch._registry import register
-
-# H * W from which ``memory_efficient=None`` picks the blockwise path: from there on it is as
-# fast as the exact path or faster in both frameworks (8x64x48x48, forward + backward, one CPU
-# thread: torch 0.40 s vs 0.91 s, Flax 1.0 s vs 1.4 s), and one image's matrix is 16 MiB.
-# The same number in attn_torch.danet and attn_flax.danet: both take the same path.
-MEMORY_EFFICIENT_MIN_PIXELS = 2048
 
 
 def softmax_in_float32(energy: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -43,9 +38,7 @@ def attend_exact(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) ->
 
     ``query``, ``key``: ``(N, L, D)``; ``value``: ``(N, L, C)``; returns ``(N, L, C)``.
     On CPU one image after the other: one image's matrix stays in cache where the whole
-    batch's does not (PositionAttention eval at 32x256x28x28 on the README's CPU: 89-122 ms
-    for the batch at once, 74-83 ms image by image, the same result bit for bit there). On
-    other devices the whole batch at once.
+    batch's does not. On other devices the whole batch at once.
     """
     if query.device.type != "cpu":
         return softmax_in_float32(query @ key.transpose(1, 2), value) @ value
@@ -81,11 +74,8 @@ class PositionAttention(nn.Module):
     Two paths compute the same function. The exact path builds the matrix (on CPU one
     image's at a time, see :func:`attend_exact`) and keeps it for the backward pass:
     memory grows as ``N (HW)^2``. The memory-efficient path (:func:`attend_blockwise`,
-    ``F.scaled_dot_product_attention``) never holds it: forward + backward at
-    8x64x112x112, where one copy of the matrix is 5 GB, peaks at 0.75 GB resident
-    for the whole process, 0.46 GB above its size before the step
-    (``python -m parity.memory``, CPU). The two agree within the
-    float32 parity tolerance. The softmax runs in float32, also under
+    ``F.scaled_dot_product_attention``) never holds it (measured peaks: docs/memory.md,
+    ``python -m parity memory``). The two agree within the float32 parity tolerance. The softmax runs in float32, also under
     ``torch.autocast``.
 
     Args:

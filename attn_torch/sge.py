@@ -65,7 +65,7 @@ class SGE(nn.Module):
         """``t[n, g] = sum_k x[n, g, k] * mean_hw(x)[n, g, k]`` as one batched matrix product.
 
         A block-diagonal ``(G, C)`` matrix per sample times ``x`` viewed as ``(C, H*W)``:
-        no full-size ``x * mean`` temporary (eval at 32x256x28x28: 2.0 -> 1.1 ms here).
+        no full-size ``x * mean`` temporary.
         """
         b, c, h, w = x.shape
         group_of_channel = torch.eye(self.groups, dtype=x.dtype, device=x.device).repeat_interleave(

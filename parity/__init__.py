@@ -12,6 +12,8 @@
 import importlib
 from typing import Any
 
+from attn_common._version import __version__
+
 # name -> module; imported on first use, so that `python -m parity.convert` (the
 # attn-convert CLI) runs a module that importing the package has not loaded already.
 _EXPORTS = {

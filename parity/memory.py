@@ -42,7 +42,7 @@ def peak_rss_bytes() -> int:
     """This process's peak resident set size so far.
 
     On Linux, ``VmHWM`` from ``/proc/self/status``: ``ru_maxrss`` survives ``exec``, so a
-    child started from a large process (a test worker at 2.3 GB) reported the parent's
+    child started from a large process (e.g. a test worker) reported the parent's
     size. Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
     """
     try:

@@ -330,9 +330,10 @@ def _tolerance(optimizer: str, pair: OptimizerPair, check: str, steps: int):
 
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """Run torch single-threaded inside the block (or decorated function). On a small CPU, torch's thread pool
-    for these tiny models only contends with XLA's: a BAM forward at batch 4 took
-    0.2 s with 2 threads right after a JAX compile on 2 cores, 2 ms with one."""
+    """Run torch single-threaded inside the block (or decorated function).
+
+    For these tiny models torch's thread pool only contends with XLA's on a small CPU.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

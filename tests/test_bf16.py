@@ -29,7 +29,7 @@ from parity.registry import SPECS
 from parity.tolerances import BF16, Bf16Tolerance
 
 NAMES = list(SPECS)
-# ResNet's registry case costs ~25 s here (jit of a ResNet-18 forward and backward);
+# ResNet's registry case is slow to compile (a ResNet-18 forward and backward);
 # `python -m parity report` runs its bf16 row, test_resnet_bf16_training_statistics below
 # a small input in training mode.
 BLOCKS = [name for name in NAMES if name != "ResNet"]
@@ -142,7 +142,7 @@ def test_bf16_training_step(name):
 
 
 def test_resnet_bf16_training_statistics():
-    """Forward only (jit of the backward costs ~10 s more; the report checks ResNet's bf16 gradient).
+    """Forward only (the backward is slow to compile; the report checks ResNet's bf16 gradient).
 
     2x3x32x32 leaves 2 values per channel in layer4's BatchNorms: measured worst 8.7e-3
     (layer4.1.bn2.running_var), within ResNet's forward tolerance.

@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import attn_flax
 import attn_torch
+from attn_common import tables
 from attn_flax import danet as flax_danet
 from attn_torch import danet as torch_danet
 from parity import memory
@@ -296,8 +297,8 @@ def test_blockwise_parity_torch_vs_flax(name, shape):
 
 
 def test_automatic_path_threshold_is_shared():
-    threshold = torch_danet.MEMORY_EFFICIENT_MIN_PIXELS
-    assert flax_danet.MEMORY_EFFICIENT_MIN_PIXELS == threshold
+    threshold = tables.MEMORY_EFFICIENT_MIN_PIXELS
+    assert torch_danet.MEMORY_EFFICIENT_MIN_PIXELS == flax_danet.MEMORY_EFFICIENT_MIN_PIXELS == threshold
     torch_module = attn_torch.PositionAttention(16)
     flax_module = attn_flax.PositionAttention(16, rngs=nnx.Rngs(0))
     for module in (torch_module, flax_module):

@@ -91,6 +91,16 @@ def test_resnet18_has_torchvision_names_shapes_and_order():
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == list(expected.items())
 
 
+def test_both_packages_share_the_layout_tables():
+    from attn_common import tables
+    from attn_flax import models as flax_models
+    from attn_torch import models as torch_models
+
+    for models in (torch_models, flax_models):
+        assert models.LAYOUTS is tables.RESNET_LAYOUTS and models.WIDTHS is tables.RESNET_WIDTHS
+    assert sorted(tables.RESNET_LAYOUTS) == sorted(TORCHVISION_SIZES)
+
+
 @pytest.mark.parametrize("depth", sorted(TORCHVISION_SIZES))
 def test_parameter_counts_match_torchvision(depth):
     model = attn_torch.ResNet(depth, device="meta")
