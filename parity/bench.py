@@ -4,9 +4,11 @@ For each registered module and each shape, in one process and interleaved
 (A B C ... A B C ..., so drift and background load hit every variant alike), it
 times after warm-up:
 
-* ``flax_eval``: ``jax.jit`` eval forward;
+* ``flax_eval``: ``jax.jit`` eval forward, with the CPU kernels (``attn_flax.cpu_kernels``);
 * ``flax_train``: ``jax.jit`` training step, forward + backward with parameter and
-  input gradients and the BatchNorm statistics update;
+  input gradients and the BatchNorm statistics update, with the CPU kernels;
+* ``plain_eval`` / ``plain_train``: the same, traced with the CPU kernels off (the plain
+  formulation, which every other platform runs);
 * ``torch_eval`` / ``torch_train``: attn_torch eager, the same work;
 * ``compile_eval``: attn_torch under ``torch.compile`` (compile time reported apart);
 * ``R``: one read plus one write of the input tensor (``dst.copy_(src)``), the floor
@@ -53,7 +55,7 @@ from typing import Callable
 DEFAULT_SHAPES = ("32x256x28x28", "8x64x56x56")
 # Environment variables that change timings (allocator, XLA, OpenMP); recorded with the results.
 TIMING_ENVIRONMENT = ("MALLOC_", "XLA_FLAGS", "OMP_", "KMP_", "LD_PRELOAD", "JAX_")
-VARIANTS = ("flax_eval", "torch_eval", "compile_eval", "flax_train", "torch_train", "R")
+VARIANTS = ("flax_eval", "plain_eval", "torch_eval", "compile_eval", "flax_train", "plain_train", "torch_train", "R")
 
 
 @dataclass
@@ -122,6 +124,7 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
     from flax import nnx
 
     import attn_torch
+    from attn_flax.cpu_kernels import set_cpu_kernels
     from parity.convert import to_flax
     from parity.harness import nhwc, randomize_
     from parity.registry import SPECS
@@ -140,7 +143,7 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
 
     flax_module.eval()
     graph, state = nnx.split(flax_module)
-    eval_fn = jax.jit(lambda s, v: nnx.merge(graph, s, copy=True)(v), compiler_options=compiler_options)
+    eval_jit = jax.jit(lambda s, v: nnx.merge(graph, s, copy=True)(v), compiler_options=compiler_options)
 
     flax_module.train()
     graph_t, params, rest = nnx.split(flax_module, nnx.Param, ...)
@@ -150,7 +153,15 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
         y = model(v)
         return jnp.vdot(y.astype(jnp.float32), cotangent.astype(jnp.float32)), nnx.state(model, nnx.Not(nnx.Param))
 
-    grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True), compiler_options=compiler_options)
+    grad_jit = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True), compiler_options=compiler_options)
+    # Compiled ahead, so that each variant holds the path it was traced with.
+    eval_fn = eval_jit.lower(state, x_j).compile()
+    grad_fn = grad_jit.lower(params, rest, x_j, cot_j).compile()
+    with set_cpu_kernels(False):
+        plain_eval_jit = jax.jit(lambda s, v: nnx.merge(graph, s, copy=True)(v), compiler_options=compiler_options)
+        plain_eval_fn = plain_eval_jit.lower(state, x_j).compile()
+        plain_grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True),
+                                compiler_options=compiler_options).lower(params, rest, x_j, cot_j).compile()
 
     torch_train = attn_torch.MODULES[name](**kwargs)
     torch_train.load_state_dict(torch_module.state_dict())
@@ -169,8 +180,10 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
     destination = torch.empty_like(x_t)
     variants: dict[str, Callable[[], None]] = {
         "flax_eval": lambda: eval_fn(state, x_j).block_until_ready(),
+        "plain_eval": lambda: plain_eval_fn(state, x_j).block_until_ready(),
         "torch_eval": torch_eval,
         "flax_train": lambda: jax.block_until_ready(grad_fn(params, rest, x_j, cot_j)),
+        "plain_train": lambda: jax.block_until_ready(plain_grad_fn(params, rest, x_j, cot_j)),
         "torch_train": torch_step,
         "R": lambda: destination.copy_(x_t),
     }
@@ -241,8 +254,7 @@ def _fmt_faults(row: Row, variant: str) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = ["module", "shape", "flax_eval", "torch_eval", "compile_eval", "flax_train", "torch_train",
-              "R", "torch/flax eval", "compile/flax eval", "torch/flax train", "flax_eval/R", "compile_s",
+    header = ["module", "shape", *VARIANTS, "plain/flax eval", "plain/flax train", "torch/flax eval", "compile/flax eval", "torch/flax train", "flax_eval/R", "compile_s",
               "faults flax/torch eval", "faults flax/torch train"]
     body = []
     for r in rows:
@@ -250,8 +262,10 @@ def format_table(rows: list[Row]) -> str:
         if r.error:
             body.append([r.module, shape, r.error] + [""] * (len(header) - 3))
             continue
-        cells = [str(r.timings[v]) if v in r.timings else "-" for v in VARIANTS[:5]] + [str(r.timings["R"])]
+        cells = [str(r.timings[v]) if v in r.timings else "-" for v in VARIANTS]
         body.append([r.module, shape, *cells,
+                     _fmt_ratio(r.ratio("plain_eval", "flax_eval")),
+                     _fmt_ratio(r.ratio("plain_train", "flax_train")),
                      _fmt_ratio(r.ratio("torch_eval", "flax_eval")),
                      _fmt_ratio(r.ratio("compile_eval", "flax_eval")),
                      _fmt_ratio(r.ratio("torch_train", "flax_train")),
