@@ -74,15 +74,15 @@ class set_cpu_kernels:
         _enabled = self._previous
 
 
-def _on_cpu(plain: Callable[..., Any], cpu: Callable[..., Any], *args: Any) -> Any:
+def _on_cpu(name: str, plain: Callable[..., Any], cpu: Callable[..., Any], *args: Any) -> Any:
     """``cpu(*args)`` in a program lowered for CPU, ``plain(*args)`` elsewhere or with the kernels off."""
     if not _enabled:
         return plain(*args)
-    return _platform_dependent(args, cpu, plain)
+    return _platform_dependent(name, args, cpu, plain)
 
 
-def _platform_dependent(args: tuple, cpu: Callable[..., Any], plain: Callable[..., Any]) -> Any:
-    # A seam for tests, which plant an error in the CPU form.
+def _platform_dependent(name: str, args: tuple, cpu: Callable[..., Any], plain: Callable[..., Any]) -> Any:
+    # A seam for tests, which plant an error in the CPU form of the kernel ``name``.
     return jax.lax.platform_dependent(*args, cpu=cpu, default=plain)
 
 
@@ -161,7 +161,7 @@ def conv_general_dilated(
                     feature_group_count, precision, preferred_element_type)
     if cpu is None:
         return plain(lhs, rhs)
-    return _on_cpu(plain, cpu, lhs, rhs)
+    return _on_cpu("conv_general_dilated", plain, cpu, lhs, rhs)
 
 
 def _cpu_conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -257,7 +257,7 @@ def map_images(function: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Ar
     Plain: ``jax.vmap`` (the whole batch at once). CPU: ``jax.lax.map``, one image after the
     other, so that one image's attention matrix and projections stay in cache.
     """
-    return _on_cpu(jax.vmap(function), lambda *a: jax.lax.map(lambda image: function(*image), a), *arrays)
+    return _on_cpu("map_images", jax.vmap(function), lambda *a: jax.lax.map(lambda image: function(*image), a), *arrays)
 
 
 def bias_after_average(average: Callable[..., jax.Array], x: jax.Array, kernel: jax.Array, bias: jax.Array,
@@ -273,7 +273,8 @@ def bias_after_average(average: Callable[..., jax.Array], x: jax.Array, kernel: 
     def moved(x, kernel, bias, *operands):
         return average(jnp.einsum("...c,cd->...d", x, kernel), *operands) + bias
 
-    return _on_cpu(plain, _evaluated_as(moved, plain, fast_primal=False), x, kernel, bias, *operands)
+    return _on_cpu("bias_after_average", plain, _evaluated_as(moved, plain, fast_primal=False), x, kernel, bias,
+                   *operands)
 
 
 def gate_and_channel_pool(plain: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
@@ -290,7 +291,7 @@ def gate_and_channel_pool(plain: Callable[[jax.Array, jax.Array], tuple[jax.Arra
         peak = (x.reshape(n, h * w, channels) * gate.reshape(n, 1, channels)).max(-1).reshape(n, h, w)
         return x * gate, jnp.stack([peak, (total / channels).astype(x.dtype)], axis=-1)
 
-    return _on_cpu(plain, _evaluated_as(fast, plain, fast_primal=False), x, gate)
+    return _on_cpu("gate_and_channel_pool", plain, _evaluated_as(fast, plain, fast_primal=False), x, gate)
 
 
 def group_similarity(plain: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, mean: jax.Array,
@@ -305,7 +306,7 @@ def group_similarity(plain: Callable[[jax.Array, jax.Array], jax.Array], x: jax.
         return jax.lax.dot_general(x, mean[:, :, None] * group_of_channel, (((2,), (1,)), ((0,), (0,))),
                                    preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
 
-    return _on_cpu(plain, block_product, x, mean)
+    return _on_cpu("group_similarity", plain, block_product, x, mean)
 
 
 def shuffle_attention(plain: Callable[..., jax.Array], x: jax.Array, params: tuple[jax.Array, ...],
@@ -339,7 +340,7 @@ def shuffle_attention(plain: Callable[..., jax.Array], x: jax.Array, params: tup
 
         return jnp.stack([gated(slice(0, half)), gated(slice(half, None))], axis=-1).reshape(x.shape)
 
-    return _on_cpu(plain, fused, x, params)
+    return _on_cpu("shuffle_attention", plain, fused, x, params)
 
 
 # --- compiler options ----------------------------------------------------------------------------
