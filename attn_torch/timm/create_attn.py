@@ -1,0 +1,37 @@
+"""timm's attention factory (``timm/layers/create_attn.py``): a kind name to a layer."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from torch import nn
+
+from attn_common.timm import attn_kind
+from attn_torch._registry import MODULES
+
+
+def get_attn(attn_type: Any) -> Callable[..., nn.Module] | None:
+    """The constructor for ``attn_type``: a kind (``"se"``, ``"eca"``, ... case-insensitive),
+    ``True`` (SE), a module class or instance (returned as is), or ``None``/``False``/``""``
+    (no attention). An unknown kind raises ``ValueError`` naming it."""
+    if isinstance(attn_type, nn.Module):
+        return attn_type
+    if attn_type is None or attn_type is False or attn_type == "":
+        return None
+    if attn_type is True:
+        return MODULES["SEModule"]
+    if not isinstance(attn_type, str):
+        return attn_type
+    name, fixed = attn_kind(attn_type)
+    return functools.partial(MODULES[name], **fixed) if fixed else MODULES[name]
+
+
+def create_attn(attn_type: Any, channels: int | None = None, **kwargs: Any) -> nn.Module | None:
+    """``get_attn(attn_type)(channels, **kwargs)``, or ``None`` for no attention; the first
+    positional argument of every timm attention layer is its input channel count
+    (``channels=None``: it is left to ``kwargs``, e.g. ``in_channels=`` or ``dim=``)."""
+    module_cls = get_attn(attn_type)
+    if module_cls is None:
+        return None
+    return module_cls(**kwargs) if channels is None else module_cls(channels, **kwargs)

@@ -1,0 +1,162 @@
+"""timm's attention layers in both packages against timm 1.0.31's own outputs (tests/data/timm).
+
+For each of the 25 layer configurations of the goldens: the torch layer built by
+``create_attn`` has timm's state-dict keys, shapes and dtypes in timm's order, loads the
+recipe weights strictly and reproduces timm's output in eval and train mode; its Flax
+twin (converted, and built directly by ``attn_flax.create_attn`` then loaded) does too.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import attn_flax
+import attn_torch
+import parity
+from attn_common.timm import ATTN_KINDS
+from parity.harness import compare
+from parity.tolerances import tolerance
+from timm_goldens import load_goldens, recipe_input, recipe_state_dict
+
+META, ARRAYS = load_goldens()
+PENDING = {"nl", "bat", "sk", "splat", "lambda", "bottleneck", "halo"}
+LABELS = sorted(label for label in META["layers"] if label not in PENDING)
+MODES = ("eval", "train")
+
+# timm 1.0.31's create_attn kinds (timm/layers/create_attn.py).
+TIMM_KINDS = {"se", "ese", "eca", "ecam", "ceca", "ge", "gc", "gca", "cbam", "lcbam", "coord", "scoord", "ela",
+              "strip", "nl", "bat", "sk", "splat", "lambda", "bottleneck", "halo"}
+
+
+def _entry(label):
+    return META["layers"][label]
+
+
+def _manifest(module):
+    return [[k, list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in module.state_dict().items()]
+
+
+def _check(label, mode, got_nchw):
+    golden = ARRAYS[f"layers/{label}/{mode}"]
+    tol = tolerance(f"timm.{_entry(label)['create_attn']}", "golden")
+    result = compare(mode, {"out": golden}, {"out": np.asarray(got_nchw)}, tol)
+    assert result.passed, result.describe(label, "timm golden")
+
+
+def _torch_layer(label):
+    entry = _entry(label)
+    module = attn_torch.create_attn(entry["create_attn"], **entry["kwargs"])
+    assert _manifest(module) == entry["manifest"], f"{label}: state dict differs from timm's"
+    weights = {k: torch.from_numpy(v) for k, v in recipe_state_dict(entry["manifest"]).items()}
+    module.load_state_dict(weights, strict=True)
+    return module
+
+
+def _flax_outputs(module, x_nchw):
+    x = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
+    out = {}
+    for mode in MODES:
+        module.eval() if mode == "eval" else module.train()
+        out[mode] = np.asarray(module(x)).transpose(0, 3, 1, 2)
+    return out
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_torch_matches_timm(label):
+    module = _torch_layer(label)
+    x = torch.from_numpy(recipe_input(_entry(label)["input"]))
+    assert _entry(label)["train"]
+    for mode in MODES:
+        module.train(mode == "train")
+        with torch.no_grad():
+            _check(label, mode, module(x).numpy())
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_flax_matches_timm(label):
+    entry = _entry(label)
+    x = recipe_input(entry["input"])
+    converted = parity.to_flax(_torch_layer(label))
+    for mode, y in _flax_outputs(converted, x).items():
+        _check(label, mode, y)
+    # Built directly by create_attn, loaded from the timm-named state dict.
+    direct = attn_flax.create_attn(entry["create_attn"], **entry["kwargs"], rngs=nnx.Rngs(0))
+    assert sorted(parity.state_dict(direct)) == sorted(k for k, _, _ in entry["manifest"])
+    parity.load_state_dict(direct, recipe_state_dict(entry["manifest"]), strict=True)
+    for mode, y in _flax_outputs(direct, x).items():
+        _check(label, mode, y)
+
+
+def test_goldens_cover_every_kind():
+    assert {e["create_attn"] for e in META["layers"].values()} == TIMM_KINDS
+    assert len(META["layers"]) == 25
+
+
+@pytest.mark.parametrize("package", [attn_torch, attn_flax], ids=["torch", "flax"])
+def test_create_attn_knows_timms_kinds(package):
+    assert set(ATTN_KINDS) == TIMM_KINDS
+    for kind in TIMM_KINDS - PENDING:
+        assert package.get_attn(kind) is not None and package.get_attn(kind.upper()) is not None
+    assert package.get_attn(None) is None and package.create_attn("", 8) is None
+    assert package.get_attn(True) is package.MODULES["SEModule"]
+    with pytest.raises(ValueError, match="'squeeze'"):
+        package.get_attn("squeeze")
+    with pytest.raises(ValueError, match="'squeeze'"):
+        package.create_attn("squeeze", 8)
+
+
+def test_timm_layers_are_registered_in_both_packages():
+    torch_timm = {n for n, c in attn_torch.MODULES.items() if c.__module__.startswith("attn_torch.timm.")}
+    flax_timm = {n for n, c in attn_flax.MODULES.items() if c.__module__.startswith("attn_flax.timm.")}
+    assert torch_timm == flax_timm
+    assert {ATTN_KINDS[k][0] for k in TIMM_KINDS - PENDING} <= torch_timm
+    for name in torch_timm:
+        assert getattr(attn_torch.timm, name) is attn_torch.MODULES[name]
+        assert getattr(attn_flax.timm, name) is attn_flax.MODULES[name]
+
+
+def test_blurpool_filter_is_not_state():
+    torch_pool = attn_torch.timm.BlurPool2d(4)
+    assert dict(torch_pool.state_dict()) == {}
+    flax_pool = attn_flax.timm.BlurPool2d(4)
+    assert parity.state_dict(flax_pool) == {}
+    x = np.random.default_rng(0).standard_normal((2, 4, 9, 8)).astype(np.float32)
+    expected = torch_pool(torch.from_numpy(x)).numpy()
+    got = np.asarray(flax_pool(jnp.asarray(x.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_recorded_arguments_cross_frameworks():
+    """Classes given to the torch layer (nn.ReLU, nn.BatchNorm2d) reach the Flax twin by name, and back."""
+    module = attn_torch.create_attn("se", 16, act_layer=torch.nn.SiLU, norm_layer=torch.nn.BatchNorm2d)
+    flax_module = parity.to_flax(module.eval())
+    x = np.random.default_rng(1).standard_normal((2, 16, 5, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    got = np.asarray(flax_module(jnp.asarray(x.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    back = parity.to_torch(flax_module)
+    assert type(back.act) is torch.nn.SiLU and type(back.bn) is torch.nn.BatchNorm2d
+
+
+def test_register_under_an_explicit_key():
+    from attn_common.registry import make_registry
+    from parity.convert import registered_name
+
+    modules, register = make_registry(framework_args=("device",))
+
+    class ResNet:
+        def __init__(self, depth: int, width: int = 64, device=None):
+            self.depth = depth
+
+    register(ResNet)
+    timm_resnet = register(name="timm.ResNet")(type("ResNet", (), {"__init__": lambda self, layers=2, **kw: None}))
+    assert modules["ResNet"] is ResNet and modules["timm.ResNet"] is timm_resnet
+    assert ResNet(50, device="cpu").init_kwargs == {"depth": 50, "width": 64}
+    built = timm_resnet(layers=3, drop=0.1)
+    assert built.init_kwargs == {"layers": 3, "drop": 0.1}
+    assert registered_name(built) == "timm.ResNet" and registered_name(ResNet(18)) == "ResNet"
+    with pytest.raises(ValueError, match="timm.ResNet"):
+        register(name="timm.ResNet")(timm_resnet)
