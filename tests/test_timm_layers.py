@@ -21,8 +21,7 @@ from parity.tolerances import tolerance
 from timm_goldens import load_goldens, recipe_input, recipe_state_dict
 
 META, ARRAYS = load_goldens()
-PENDING = {"nl", "bat", "sk", "splat", "lambda", "bottleneck", "halo"}
-LABELS = sorted(label for label in META["layers"] if label not in PENDING)
+LABELS = sorted(META["layers"])
 MODES = ("eval", "train")
 
 # timm 1.0.31's create_attn kinds (timm/layers/create_attn.py).
@@ -91,13 +90,13 @@ def test_flax_matches_timm(label):
 
 def test_goldens_cover_every_kind():
     assert {e["create_attn"] for e in META["layers"].values()} == TIMM_KINDS
-    assert len(META["layers"]) == 25
+    assert len(LABELS) == 25
 
 
 @pytest.mark.parametrize("package", [attn_torch, attn_flax], ids=["torch", "flax"])
 def test_create_attn_knows_timms_kinds(package):
     assert set(ATTN_KINDS) == TIMM_KINDS
-    for kind in TIMM_KINDS - PENDING:
+    for kind in TIMM_KINDS:
         assert package.get_attn(kind) is not None and package.get_attn(kind.upper()) is not None
     assert package.get_attn(None) is None and package.create_attn("", 8) is None
     assert package.get_attn(True) is package.MODULES["SEModule"]
@@ -111,7 +110,7 @@ def test_timm_layers_are_registered_in_both_packages():
     torch_timm = {n for n, c in attn_torch.MODULES.items() if c.__module__.startswith("attn_torch.timm.")}
     flax_timm = {n for n, c in attn_flax.MODULES.items() if c.__module__.startswith("attn_flax.timm.")}
     assert torch_timm == flax_timm
-    assert {ATTN_KINDS[k][0] for k in TIMM_KINDS - PENDING} <= torch_timm
+    assert {ATTN_KINDS[k][0] for k in TIMM_KINDS} <= torch_timm
     for name in torch_timm:
         assert getattr(attn_torch.timm, name) is attn_torch.MODULES[name]
         assert getattr(attn_flax.timm, name) is attn_flax.MODULES[name]

@@ -19,9 +19,17 @@ from attn_flax.timm.mlp import ConvMlp
 from attn_flax.timm.norm import GroupNorm, GroupNorm1, LayerNorm2d, get_norm_layer
 from attn_flax.timm.norm_act import BatchNormAct2d
 from attn_flax.timm.squeeze_excite import EffectiveSEModule, SEModule
+from attn_flax.timm.non_local_attn import BatNonLocalAttn, BilinearAttnTransform, NonLocalAttn
+from attn_flax.timm.selective_kernel import SelectiveKernel, SelectiveKernelAttn
+from attn_flax.timm.split_attn import RadixSoftmax, SplitAttn
+from attn_flax.timm.lambda_layer import LambdaLayer
+from attn_flax.timm.bottleneck_attn import BottleneckAttn
+from attn_flax.timm.halo_attn import HaloAttn
 from attn_flax.timm.create_attn import create_attn, get_attn
 
 __all__ = [
+    "BatNonLocalAttn", "BilinearAttnTransform", "BottleneckAttn", "HaloAttn", "LambdaLayer", "NonLocalAttn",
+    "RadixSoftmax", "SelectiveKernel", "SelectiveKernelAttn", "SplitAttn",
     "BatchNormAct2d", "BlurPool2d", "CbamModule", "CecaModule", "ChannelAttn", "ConvBnAct", "ConvMlp", "ConvNormAct",
     "CoordAttn", "EcaModule", "EffectiveSEModule", "EfficientLocalAttn", "GatherExcite", "GlobalContext",
     "GroupNorm", "GroupNorm1", "LayerNorm2d", "LightCbamModule", "LightChannelAttn", "LightSpatialAttn", "SEModule",

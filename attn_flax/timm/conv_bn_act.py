@@ -27,9 +27,11 @@ class ConvNormAct(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
                  padding: Any = "", dilation: int = 1, groups: int = 1, bias: bool = False, apply_norm: bool = True,
                  apply_act: bool = True, norm_layer: Any = "batchnorm2d", act_layer: Any = "relu",
-                 aa_layer: Any = None, *, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
+                 aa_layer: Any = None, drop_layer: Any = None, *, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
                  rngs: nnx.Rngs):
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
+        if drop_layer is not None:
+            raise ValueError(f"`drop_layer`={drop_layer!r}: not supported by the Flax ConvNormAct")
         self.dtype = dtype
         self.param_dtype = param_dtype
         use_aa = aa_layer is not None and stride > 1

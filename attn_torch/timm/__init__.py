@@ -19,9 +19,17 @@ from attn_torch.timm.mlp import ConvMlp
 from attn_torch.timm.norm import GroupNorm, GroupNorm1, LayerNorm2d, get_norm_layer
 from attn_torch.timm.norm_act import BatchNormAct2d
 from attn_torch.timm.squeeze_excite import EffectiveSEModule, SEModule
+from attn_torch.timm.non_local_attn import BatNonLocalAttn, BilinearAttnTransform, NonLocalAttn
+from attn_torch.timm.selective_kernel import SelectiveKernel, SelectiveKernelAttn
+from attn_torch.timm.split_attn import RadixSoftmax, SplitAttn
+from attn_torch.timm.lambda_layer import LambdaLayer
+from attn_torch.timm.bottleneck_attn import BottleneckAttn
+from attn_torch.timm.halo_attn import HaloAttn
 from attn_torch.timm.create_attn import create_attn, get_attn
 
 __all__ = [
+    "BatNonLocalAttn", "BilinearAttnTransform", "BottleneckAttn", "HaloAttn", "LambdaLayer", "NonLocalAttn",
+    "RadixSoftmax", "SelectiveKernel", "SelectiveKernelAttn", "SplitAttn",
     "BatchNormAct2d", "BlurPool2d", "CbamModule", "CecaModule", "ChannelAttn", "ConvBnAct", "ConvMlp", "ConvNormAct",
     "CoordAttn", "EcaModule", "EffectiveSEModule", "EfficientLocalAttn", "GatherExcite", "GlobalContext",
     "GroupNorm", "GroupNorm1", "LayerNorm2d", "LightCbamModule", "LightChannelAttn", "LightSpatialAttn", "SEModule",

@@ -21,7 +21,8 @@ class ConvNormAct(nn.Module):
 
     Keys as timm's: ``conv.weight``, ``bn.weight``, ``bn.bias``, ``bn.running_mean``, ...
     Only BatchNorm is supported as ``norm_layer`` (the one timm's attention layers use).
-    Padding ``""`` or ``None`` is timm's symmetric ``get_padding``.
+    Padding ``""`` or ``None`` is timm's symmetric ``get_padding``. ``drop_layer`` (a module
+    class, e.g. DropBlock) runs between the norm and the activation (torch only).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class ConvNormAct(nn.Module):
         norm_layer: Any = nn.BatchNorm2d,
         act_layer: Any = nn.ReLU,
         aa_layer: Any = None,
+        drop_layer: Any = None,
         device=None,
         dtype=None,
     ):
@@ -53,9 +55,12 @@ class ConvNormAct(nn.Module):
             if layer_name(norm_layer) != "batchnorm2d":
                 raise ValueError(f"`norm_layer`={norm_layer!r}: ConvNormAct supports BatchNorm2d only")
             get_norm_layer(norm_layer)
-            self.bn = BatchNormAct2d(out_channels, apply_act=apply_act, act_layer=act_layer, **dd)
+            self.bn = BatchNormAct2d(out_channels, apply_act=apply_act, act_layer=act_layer, drop_layer=drop_layer,
+                                     **dd)
         else:
             self.bn = nn.Sequential()
+            if drop_layer:
+                self.bn.add_module("drop", drop_layer())
         self.aa = create_aa(aa_layer, out_channels, stride=stride, enable=use_aa, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

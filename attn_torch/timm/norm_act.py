@@ -21,12 +21,14 @@ class BatchNormAct2d(nn.BatchNorm2d):
         apply_act: bool = True,
         act_layer: Any = nn.ReLU,
         inplace: bool = True,
+        drop_layer: Any = None,
         device=None,
         dtype=None,
     ):
         super().__init__(num_features, eps=eps, momentum=momentum, device=device, dtype=dtype)
+        self.drop = drop_layer() if drop_layer is not None else nn.Identity()
         act = create_act_layer(act_layer, inplace=inplace) if apply_act else None
         self.act = act if act is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(super().forward(x))
+        return self.act(self.drop(super().forward(x)))
