@@ -159,3 +159,41 @@ def test_register_under_an_explicit_key():
     assert registered_name(built) == "timm.ResNet" and registered_name(ResNet(18)) == "ResNet"
     with pytest.raises(ValueError, match="timm.ResNet"):
         register(name="timm.ResNet")(timm_resnet)
+
+
+# Options the goldens do not reach, torch against Flax with every parity check (outputs in
+# eval and train, input and parameter gradients, BatchNorm statistics, jit): (name, kwargs, NCHW).
+OFF_GOLDEN = [
+    # BatchNorm on the pooled (N, 1, 1, C) map: with N=2 it outputs +-1 and its input gradient is rounding noise.
+    ("SEModule", dict(channels=16, norm_layer="batchnorm2d", add_maxpool=True, act_layer="silu"), (4, 16, 5, 6)),
+    ("CecaModule", dict(channels=None, kernel_size=5, act_layer="relu"), (2, 12, 4, 5)),
+    ("GatherExcite", dict(channels=16, extent=4, extra_params=True), (2, 16, 8, 7)),
+    ("GatherExcite", dict(channels=16, extent=2, add_maxpool=True, use_mlp=False), (2, 16, 7, 6)),
+    ("GlobalContext", dict(channels=16, use_attn=False, fuse_add=True), (2, 16, 5, 6)),
+    ("CoordAttn", dict(channels=16, has_skip=True, gate_layer="hard_sigmoid"), (2, 16, 5, 7)),
+    ("EfficientLocalAttn", dict(channels=16, norm_layer=None, kernel_size=3), (2, 16, 5, 7)),
+    ("StripAttn", dict(channels=16, use_conv=False, has_skip=True), (2, 16, 5, 7)),
+    ("NonLocalAttn", dict(in_channels=16, use_scale=False), (2, 16, 5, 6)),
+    ("BatNonLocalAttn", dict(in_channels=16, block_size=2, drop_rate=0.0), (2, 16, 4, 6)),
+    ("SelectiveKernel", dict(in_channels=16, out_channels=24, stride=2, aa_layer="blur"), (2, 16, 8, 7)),
+    ("SplitAttn", dict(in_channels=16, out_channels=16, radix=1, norm_layer="batchnorm2d"), (2, 16, 5, 6)),
+    ("SplitAttn", dict(in_channels=16, out_channels=32, groups=2, stride=2), (2, 16, 7, 6)),
+    ("LambdaLayer", dict(dim=16, num_heads=4, dim_head=4, r=None, feat_size=(4, 6)), (2, 16, 4, 6)),
+    ("LambdaLayer", dict(dim=16, dim_out=32, num_heads=4, dim_head=4, r=3, stride=2), (2, 16, 6, 6)),
+    ("BottleneckAttn", dict(dim=16, feat_size=(4, 6), num_heads=2, stride=2, scale_pos_embed=True), (2, 16, 4, 6)),
+    ("HaloAttn", dict(dim=16, num_heads=2, block_size=4, halo_size=1, stride=2), (2, 16, 8, 4)),
+    ("HaloAttn", dict(dim=16, dim_out=8, num_heads=2, block_size=2, halo_size=1, avg_down=True, stride=2),
+     (2, 16, 4, 6)),
+    ("ConvNormAct", dict(in_channels=8, out_channels=16, kernel_size=3, stride=2, aa_layer="avg"), (2, 8, 6, 6)),
+    ("BlurPool2d", dict(channels=None, filt_size=5, pad_mode="constant"), (2, 8, 9, 8)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape", OFF_GOLDEN, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(OFF_GOLDEN)])
+def test_torch_and_flax_agree_off_the_goldens(name, kwargs, shape):
+    from parity.harness import run_case
+    from parity.registry import Case, Spec
+
+    result = run_case(Spec(name, kwargs, (Case(shape),)), Case(shape))
+    assert {"eval", "train", "grad_input", "jit"} <= set(result.checks)
+    assert result.passed, "\n".join(result.failures())

@@ -63,7 +63,8 @@ class NamedSequential(nnx.Module):
         return x
 
 
-def _pool(x: jax.Array, kernel: int, stride: int, padding: int, init: Any, op: Callable) -> jax.Array:
+def _pool(x: jax.Array, kernel: int, stride: int, padding: int, init: float, op: Callable) -> jax.Array:
+    # A Python scalar init lets JAX recognise the sum/max monoid (differentiable reduce_window).
     window = (1, kernel, kernel, 1)
     strides = (1, stride, stride, 1)
     pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
@@ -74,16 +75,16 @@ def avg_pool2d(x: jax.Array, kernel: int, stride: int | None = None, padding: in
                count_include_pad: bool = True) -> jax.Array:
     """``F.avg_pool2d`` on NHWC (floor mode)."""
     stride = stride or kernel
-    total = _pool(x, kernel, stride, padding, jnp.array(0, x.dtype), jax.lax.add)
+    total = _pool(x, kernel, stride, padding, 0.0, jax.lax.add)
     if count_include_pad or not padding:
         return total / (kernel * kernel)
     ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
-    return total / _pool(ones, kernel, stride, padding, jnp.array(0, x.dtype), jax.lax.add)
+    return total / _pool(ones, kernel, stride, padding, 0.0, jax.lax.add)
 
 
 def max_pool2d(x: jax.Array, kernel: int, stride: int | None = None, padding: int = 0) -> jax.Array:
     """``F.max_pool2d`` on NHWC (floor mode, implicit -inf padding)."""
-    return _pool(x, kernel, stride or kernel, padding, jnp.array(-jnp.inf, x.dtype), jax.lax.max)
+    return _pool(x, kernel, stride or kernel, padding, -jnp.inf, jax.lax.max)
 
 
 def interpolate_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:

@@ -40,7 +40,8 @@ class LambdaLayer(nn.Module):
         num_heads: default 4. dim_head: query/key width (default 16; ``None``: from
             ``qk_ratio``). r: lambda conv radius (default 9). qkv_bias: default False.
 
-    Input ``(N, C, H, W)``; output ``(N, dim_out, H / stride, W / stride)``.
+    Input ``(N, C, H, W)``; output ``(N, dim_out, H / stride, W / stride)`` (timm 1.0.31 raises
+    for ``dim_out != dim``: it reshapes the output to the input's channel count).
     """
 
     def __init__(self, dim: int, dim_out: int | None = None, feat_size: Sequence[int] | None = None, stride: int = 1,
@@ -92,5 +93,6 @@ class LambdaLayer(nn.Module):
             pos_emb = self.pos_emb[self.rel_pos_indices[0], self.rel_pos_indices[1]].expand(B, -1, -1, -1)
             position_lam = (pos_emb.transpose(-1, -2) @ v.unsqueeze(1)).unsqueeze(1)  # B, 1, M, K, V
         position_out = (q.unsqueeze(-2) @ position_lam).squeeze(-2)  # B, heads, M, V
-        out = (content_out + position_out).transpose(-1, -2).reshape(B, C, H, W)
+        # timm reshapes to the input's C, which fails for dim_out != dim; the output has dim_out channels.
+        out = (content_out + position_out).transpose(-1, -2).reshape(B, self.num_heads * self.dim_v, H, W)
         return self.pool(out)
