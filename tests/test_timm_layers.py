@@ -197,3 +197,34 @@ def test_torch_and_flax_agree_off_the_goldens(name, kwargs, shape):
     result = run_case(Spec(name, kwargs, (Case(shape),)), Case(shape))
     assert {"eval", "train", "grad_input", "jit"} <= set(result.checks)
     assert result.passed, "\n".join(result.failures())
+
+
+def test_attention_classes_cross_frameworks():
+    """A block's recorded ``attn_layer`` (a class or a partial of one) resolves to the twin class."""
+    import functools
+
+    assert attn_flax.get_attn(attn_torch.timm.EcaModule) is attn_flax.timm.EcaModule
+    assert attn_torch.get_attn(attn_flax.timm.CbamModule) is attn_torch.timm.CbamModule
+    partial = attn_flax.get_attn(functools.partial(attn_torch.timm.SEModule, rd_ratio=0.25))
+    assert partial.func is attn_flax.timm.SEModule and partial.keywords == {"rd_ratio": 0.25}
+    layer = attn_flax.create_attn(functools.partial(attn_torch.timm.SEModule, rd_ratio=0.25), 32, rngs=nnx.Rngs(0))
+    assert layer.fc1.out_features == 8
+    with pytest.raises(ValueError, match="attn_type"):
+        attn_flax.get_attn(torch.nn.ReLU)
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_flax_bfloat16_close_to_timm(label):
+    from parity.harness import relative_error
+    from parity.tolerances import TIMM_LAYERS_BF16_FORWARD
+
+    entry = _entry(label)
+    module = attn_flax.create_attn(entry["create_attn"], **entry["kwargs"], dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    parity.load_state_dict(module, recipe_state_dict(entry["manifest"]))
+    x = jnp.asarray(recipe_input(entry["input"]).transpose(0, 2, 3, 1))
+    for mode in MODES:
+        module.eval() if mode == "eval" else module.train()
+        y = module(x)
+        assert y.dtype == jnp.bfloat16
+        normwise, _ = relative_error(ARRAYS[f"layers/{label}/{mode}"], np.asarray(y, np.float32).transpose(0, 3, 1, 2))
+        assert normwise <= TIMM_LAYERS_BF16_FORWARD, f"{label} {mode}: bf16 normwise error {normwise:.3g}"

@@ -84,7 +84,7 @@ class LambdaLayer(nnx.Module):
             if (h, w) != self.feat_size:
                 raise ValueError(f"input {h}x{w} differs from `feat_size`={self.feat_size}")
             idx = rel_pos_indices(self.feat_size)
-            pos_emb = self.pos_emb[...][idx[0], idx[1]]  # M, M, K
+            pos_emb = self.pos_emb[...].astype(q.dtype)[idx[0], idx[1]]  # M, M, K
             position_out = jnp.einsum("nhmk,mjk,njv->nhmv", q, pos_emb, v_flat)
         out = (content_out + position_out).transpose(0, 2, 1, 3).reshape(n, h, w, heads * dv)
         return avg_pool2d(out, 2, 2) if self.stride == 2 else out

@@ -22,9 +22,22 @@ def get_attn(attn_type: Any) -> Callable[..., nn.Module] | None:
     if attn_type is True:
         return MODULES["SEModule"]
     if not isinstance(attn_type, str):
-        return attn_type
+        return _same_framework(attn_type)
     name, fixed = attn_kind(attn_type)
     return functools.partial(MODULES[name], **fixed) if fixed else MODULES[name]
+
+
+def _same_framework(layer: Any) -> Any:
+    """A registered class of the other framework (or a ``functools.partial`` of one, as recorded
+    constructor arguments carry it) as this framework's class of the same registry name."""
+    if isinstance(layer, functools.partial):
+        return functools.partial(_same_framework(layer.func), *layer.args, **layer.keywords)
+    if isinstance(layer, type) and not issubclass(layer, nn.Module):
+        name = getattr(layer, "registry_name", layer.__name__)
+        if name not in MODULES:
+            raise ValueError(f"`attn_type`={layer!r} is not a module of this framework nor a registered twin")
+        return MODULES[name]
+    return layer
 
 
 def create_attn(attn_type: Any, channels: int | None = None, **kwargs: Any) -> nn.Module | None:
