@@ -228,3 +228,28 @@ def test_flax_bfloat16_close_to_timm(label):
         assert y.dtype == jnp.bfloat16
         normwise, _ = relative_error(ARRAYS[f"layers/{label}/{mode}"], np.asarray(y, np.float32).transpose(0, 3, 1, 2))
         assert normwise <= TIMM_LAYERS_BF16_FORWARD, f"{label} {mode}: bf16 normwise error {normwise:.3g}"
+
+
+@pytest.mark.parametrize("label", ["cbam", "halo"])
+def test_converted_layer_saves_and_rebuilds_from_its_checkpoint(tmp_path, label):
+    """Constructor arguments holding torch classes (act_layer=nn.ReLU) are stored by name."""
+    import json
+
+    from parity.checkpoint import build_flax, load_flax, read_flax_metadata, save_flax
+
+    entry = _entry(label)
+    flax_module = parity.to_flax(_torch_layer(label).eval())
+    path = save_flax(flax_module, tmp_path / f"{label}.safetensors")
+    meta = read_flax_metadata(path)
+    assert meta["model"] == type(flax_module).__name__
+    if label == "cbam":
+        assert json.loads(meta["args"])["act_layer"] == "ReLU"
+    rebuilt = build_flax(meta["model"], json.loads(meta["args"]))
+    load_flax(rebuilt, path)
+    rebuilt.eval()
+    x = jnp.asarray(recipe_input(entry["input"]).transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(np.asarray(rebuilt(x)), np.asarray(flax_module(x)))
+    back = parity.to_torch(rebuilt).state_dict()
+    expected = recipe_state_dict(entry["manifest"])
+    assert list(back) == [k for k, _, _ in entry["manifest"]]
+    assert all(np.array_equal(back[k].numpy(), v) for k, v in expected.items())

@@ -14,7 +14,8 @@ from attn_flax._registry import MODULES
 def get_attn(attn_type: Any) -> Callable[..., nnx.Module] | None:
     """The constructor for ``attn_type``: a kind (``"se"``, ``"eca"``, ... case-insensitive),
     ``True`` (SE), a module class or instance (returned as is), or ``None``/``False``/``""``
-    (no attention). An unknown kind raises ``ValueError`` naming it."""
+    (no attention). A registered class name (``"EcaModule"``) also works, as checkpoint metadata
+    stores class arguments by name. An unknown kind raises ``ValueError`` naming it."""
     if isinstance(attn_type, nnx.Module):
         return attn_type
     if attn_type is None or attn_type is False or attn_type == "":
@@ -23,6 +24,8 @@ def get_attn(attn_type: Any) -> Callable[..., nnx.Module] | None:
         return MODULES["SEModule"]
     if not isinstance(attn_type, str):
         return _same_framework(attn_type)
+    if attn_type in MODULES:  # a registered class by name (how checkpoints store a class argument)
+        return MODULES[attn_type]
     name, fixed = attn_kind(attn_type)
     return functools.partial(MODULES[name], **fixed) if fixed else MODULES[name]
 
