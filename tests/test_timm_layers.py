@@ -6,6 +6,7 @@ recipe weights strictly and reproduces timm's output in eval and train mode; its
 twin (converted, and built directly by ``attn_flax.create_attn`` then loaded) does too.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -253,3 +254,27 @@ def test_converted_layer_saves_and_rebuilds_from_its_checkpoint(tmp_path, label)
     expected = recipe_state_dict(entry["manifest"])
     assert list(back) == [k for k, _, _ in entry["manifest"]]
     assert all(np.array_equal(back[k].numpy(), v) for k, v in expected.items())
+
+
+# One configuration per file (the slowest to differentiate eagerly left out).
+FORWARD_MODE = ["se", "ese", "eca_k5", "ceca", "ge_extent2", "gc", "cbam", "coord", "scoord", "strip", "nl", "lambda",
+                "bottleneck", "halo"]
+
+
+@pytest.mark.parametrize("label", FORWARD_MODE)
+def test_flax_forward_mode_agrees_with_reverse_mode(label):
+    """Plain JAX (no custom_vjp): jvp works and <J t, c> == <t, J^T c>."""
+    entry = _entry(label)
+    module = attn_flax.create_attn(entry["create_attn"], **entry["kwargs"], rngs=nnx.Rngs(0))
+    parity.load_state_dict(module, recipe_state_dict(entry["manifest"]))
+    module.eval()
+    x = jnp.asarray(recipe_input(entry["input"]).transpose(0, 2, 3, 1))
+    rng = np.random.default_rng(1)
+    t = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    y, forward = jax.jvp(module, (x,), (t,))
+    c = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    (reverse,) = jax.vjp(module, x)[1](c)
+    # Two float32 sums of the same products in different orders, judged against their magnitude.
+    scale = float(jnp.linalg.norm(forward) * jnp.linalg.norm(c))
+    np.testing.assert_allclose(jnp.vdot(forward, c), jnp.vdot(t, reverse), rtol=0,
+                               atol=tolerance(f"timm.{entry['create_attn']}", "forward_mode").atol * scale)
