@@ -187,6 +187,14 @@ OFF_GOLDEN = [
      (2, 16, 4, 6)),
     ("ConvNormAct", dict(in_channels=8, out_channels=16, kernel_size=3, stride=2, aa_layer="avg"), (2, 8, 6, 6)),
     ("BlurPool2d", dict(channels=None, filt_size=5, pad_mode="constant"), (2, 8, 9, 8)),
+    # Defaults of the remaining kinds, for the gradient and BatchNorm-statistics checks.
+    ("EffectiveSEModule", dict(channels=16), (2, 16, 5, 6)),
+    ("EcaModule", dict(channels=16, use_mlp=True), (2, 16, 5, 6)),
+    ("GlobalContext", dict(channels=16), (2, 16, 5, 6)),
+    ("CbamModule", dict(channels=16), (2, 16, 5, 6)),
+    ("LightCbamModule", dict(channels=16), (2, 16, 5, 6)),
+    ("SimpleCoordAttn", dict(channels=16), (2, 16, 5, 6)),
+    ("EfficientLocalAttn", dict(channels=16), (2, 16, 5, 6)),
 ]
 
 

@@ -10,7 +10,6 @@ from torch import nn
 from attn_torch._registry import register
 from attn_torch.timm.blur_pool import create_aa
 from attn_torch.timm.helpers import get_padding
-from attn_torch.timm.norm import get_norm_layer
 from attn_torch.timm.norm_act import BatchNormAct2d
 from attn_common.timm import layer_name
 
@@ -54,7 +53,6 @@ class ConvNormAct(nn.Module):
         if apply_norm:
             if layer_name(norm_layer) != "batchnorm2d":
                 raise ValueError(f"`norm_layer`={norm_layer!r}: ConvNormAct supports BatchNorm2d only")
-            get_norm_layer(norm_layer)
             self.bn = BatchNormAct2d(out_channels, apply_act=apply_act, act_layer=act_layer, drop_layer=drop_layer,
                                      **dd)
         else:
