@@ -140,8 +140,8 @@ def flax_metadata(module: nnx.Module, extra: Mapping[str, str] | None = None) ->
         encoded = json.dumps(args, default=_layer_by_name)
     except TypeError as error:
         raise CheckpointError(f"the arguments of {type(module).__name__} cannot be stored as JSON: {error}") from None
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": getattr(type(module), "registry_name", type(module).__name__),
-            "args": encoded, **(extra or {})}
+    model = getattr(type(module), "registry_name", type(module).__name__)  # the registry key
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, "args": encoded, **(extra or {})}
 
 
 def check_flax_destination(path: PathLike) -> Path:

@@ -5,7 +5,7 @@ Li et al., "Selective Kernel Networks", CVPR 2019. https://arxiv.org/abs/1903.06
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
