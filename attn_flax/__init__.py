@@ -21,5 +21,7 @@ from attn_flax.se import SE
 from attn_flax.sge import SGE
 from attn_flax.shuffle import ShuffleAttention
 from attn_flax.models import ResNet
+from attn_flax import timm
+from attn_flax.timm import create_attn, get_attn
 
-__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "compiler_options", "cpu_kernels_enabled", "set_cpu_kernels"]
+__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "compiler_options", "create_attn", "get_attn", "timm", "cpu_kernels_enabled", "set_cpu_kernels"]
