@@ -1,10 +1,15 @@
-"""``python -m parity {report,bench,profile,train,memory}``."""
+"""``python -m parity {convert,report,bench,profile,train,memory}``."""
 
 import sys
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["convert"]:  # the attn-convert process, Ctrl-C during imports included
+        from parity.convert_cli import entry
+
+        entry(sys.argv[2:])
     commands = {
+        "convert": "parity.convert_cli",
         "report": "parity.report",
         "bench": "parity.bench",
         "profile": "parity.profile",
