@@ -77,14 +77,19 @@ class Interrupted(KeyboardInterrupt):
 
 
 _deferring = 0  # > 0 while a write that cannot be abandoned halfway runs
-_pending: list[int] = []
+_pending: list[int] = []  # every signal received, also those whose exception a gc callback swallowed
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    if _deferring:
-        _pending.append(signum)
-        return
-    raise Interrupted(signum)
+    _pending.append(signum)
+    if not _deferring:
+        raise Interrupted(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived (its exception may have been lost in a finalizer)."""
+    if _pending and not _deferring:
+        raise Interrupted(_pending[0])
 
 
 @contextlib.contextmanager
@@ -107,7 +112,7 @@ def signals_interrupt() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _deferred() -> Iterator[None]:
-    """Signals handled by :func:`signals_interrupt` wait until :func:`_raise_pending` (KeyboardInterrupt does not)."""
+    """Signals handled by :func:`signals_interrupt` wait until :func:`raise_if_interrupted` (KeyboardInterrupt does not)."""
     global _deferring
     _deferring += 1
     try:
@@ -116,11 +121,6 @@ def _deferred() -> Iterator[None]:
         _deferring -= 1
 
 
-def _raise_pending() -> None:
-    if _pending and not _deferring:
-        signum = _pending[0]
-        _pending.clear()
-        raise Interrupted(signum)
 
 
 # -- atomic writes -------------------------------------------------------------------------------
@@ -154,7 +154,10 @@ def _write_failure(dst: Path, error: BaseException) -> Exception:
             return OSError(seen.errno, f"cannot write {dst}: {os.strerror(seen.errno)}")
         seen = seen.__cause__ or seen.__context__
     text = str(error)
-    if "No space left on device" in text:  # Orbax reports some failures of its threads as text only
+    code = re.search(r"os_error_code='(\d+)'", text)  # TensorStore (under Orbax) reports errno as text
+    if code:
+        return OSError(int(code.group(1)), f"cannot write {dst}: {os.strerror(int(code.group(1)))}")
+    if "No space left on device" in text:
         return OSError(errno.ENOSPC, f"cannot write {dst}: {os.strerror(errno.ENOSPC)}")
     if isinstance(error, OSError):
         return error
@@ -221,10 +224,11 @@ def atomic_output(dst: PathLike, *, directory: bool = False, overwrite: bool = F
         except (KeyboardInterrupt, CheckpointError, ConversionError):
             raise
         except Exception as error:
+            raise_if_interrupted()  # a library may have turned the signal's exception into its own error
             raise _write_failure(dst, error) from None
         with _deferred():  # the rename either happens or not; a signal now waits until after it
             if _pending:
-                raise Interrupted(_pending.pop(0))
+                raise Interrupted(_pending[0])
             try:
                 _commit(out, target, work, directory)
             except OSError as error:
@@ -235,16 +239,16 @@ def atomic_output(dst: PathLike, *, directory: bool = False, overwrite: bool = F
 
 
 class _RecordingFile:
-    """A binary file whose write errors are kept: torch.save turns them into an opaque RuntimeError."""
+    """A binary file whose write errors (and interruptions) are kept: torch.save may turn them into a RuntimeError."""
 
     def __init__(self, file: Any) -> None:
         self.file = file
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         try:
             return self.file.write(data)
-        except OSError as error:
+        except (OSError, KeyboardInterrupt) as error:
             self.error = self.error or error
             raise
 
@@ -388,7 +392,7 @@ def _save_orbax(path: Path, state: Any) -> None:
             with contextlib.suppress(Exception):  # the first error is the one to report
                 checkpointer.wait_until_finished()
             checkpointer.close()
-    _raise_pending()
+    raise_if_interrupted()
 
 
 def save_flax(module: Any, path: PathLike, *, metadata: Mapping[str, str] | None = None,
@@ -479,8 +483,10 @@ def read_flax(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         flat = {k: np.asarray(v) for k, v in _flatten(tree).items()}
     except Exception as error:  # a damaged directory: Orbax's own error types
         first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), "")
-        raise CheckpointError(f"cannot read the Orbax checkpoint {src}: {type(error).__name__}: {first}") from None
-    _raise_pending()
+        first = first.split(" See full TensorStore details")[0][:300]
+        raise CheckpointError(f"cannot read the Orbax checkpoint {src} (damaged or incomplete): "
+                              f"{type(error).__name__}: {first}") from None
+    raise_if_interrupted()
     if meta.get("orbax_layout") == ORBAX_LAYOUT:
         flat = {k.removesuffix(".value"): v for k, v in flat.items()}
     return flat, meta
@@ -639,10 +645,13 @@ def read_torch_checkpoint(path: PathLike, *, key: str | None = None) -> tuple[di
     if suffix not in TORCH_PICKLE_SUFFIXES:
         raise CheckpointError(f"{src}: a torch checkpoint is {', '.join(TORCH_PICKLE_SUFFIXES)} or {SAFETENSORS} (any case)")
     check_zip_records(src)
+    import argparse
+
     import torch
 
     try:
-        with warnings.catch_warnings():
+        # timm's train.py stores its argparse.Namespace: attributes only, no code runs to rebuild it.
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore")
             obj = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -54,7 +54,11 @@ class _EarlySignal(KeyboardInterrupt):
         self.signum = signum
 
 
+_early_signals: list[int] = []
+
+
 def _early(signum: int, frame: Any) -> None:
+    _early_signals.append(signum)  # kept: the exception is lost if it fires in a gc callback during an import
     raise _EarlySignal(signum)
 
 
@@ -168,11 +172,12 @@ def _check_paths(src: Path, dst: Path) -> None:
 def to_flax(src: Path, dst: Path, model: str, args: dict[str, Any], options: argparse.Namespace,
             report: _Reporter) -> None:
     """torch state dict file -> Flax checkpoint (``.safetensors`` or Orbax directory)."""
-    from parity.checkpoint import check_flax_destination, read_torch_checkpoint, save_flax
+    from parity.checkpoint import check_flax_destination, raise_if_interrupted, read_torch_checkpoint, save_flax
     from parity.convert import iter_leaves, load_state_dict
 
     check_flax_destination(dst, options.format)
     _check_jax()
+    raise_if_interrupted()
     state, notes = read_torch_checkpoint(src, key=options.key)
     report.notes += notes
     report.size(len(state))
@@ -183,6 +188,7 @@ def to_flax(src: Path, dst: Path, model: str, args: dict[str, Any], options: arg
     except ValueError as error:
         raise type(error)(f"{src}: {error}" + (f" (after: {'; '.join(notes)})" if notes else "")) from None
     report(f"loaded them strictly into {_call(type(module).__name__, args)}")
+    raise_if_interrupted()
     flax_dtypes = {leaf.torch_name: leaf.variable.dtype for leaf in iter_leaves(module)}
     torch_dtypes = {k: v.dtype.name for k, v in state.items() if v.dtype != flax_dtypes[k]}
     del state  # the module holds its own copy: keep the peak at about twice the tensors
@@ -219,14 +225,15 @@ def to_torch(src: Path, dst: Path, model: str, args: dict[str, Any], options: ar
     """Flax checkpoint (``.safetensors`` or Orbax directory) -> torch state dict file."""
     import attn_flax
     from attn_common.validation import check_choice
-    from parity.checkpoint import (check_torch_destination, load_flax, metadata_json, read_flax_metadata,
-                                   write_torch)
+    from parity.checkpoint import (check_torch_destination, load_flax, metadata_json, raise_if_interrupted,
+                                   read_flax_metadata, write_torch)
     from parity.convert import ConversionError, narrow_exact, quote, state_dict
 
     if options.key is not None:
         raise UsageError("--key picks a nested dict in a torch checkpoint: to-flax only")
     check_torch_destination(dst, options.format)
     _check_jax()
+    raise_if_interrupted()
     meta = read_flax_metadata(src)
     name = check_choice("model", model, list(attn_flax.MODULES))
     if meta.get("model") and meta["model"] != name:
@@ -251,6 +258,7 @@ def to_torch(src: Path, dst: Path, model: str, args: dict[str, Any], options: ar
 
         raise ConversionError(f"{src}: metadata torch_dtypes would change {len(lossy)} tensors: {name_list(lossy, '; ')}")
     order = _torch_order(name, args, state)
+    raise_if_interrupted()
     write_torch({k: state[k] for k in order}, dst, format=options.format, overwrite=options.overwrite)
     report(f"wrote {dst} ({_size(dst)})")
 
@@ -313,6 +321,8 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
         from parity.checkpoint import signals_interrupt
 
         with signals_interrupt(), _quiet_libraries():
+            if _early_signals:
+                raise _EarlySignal(_early_signals[0])
             options = _parser().parse_args(argv)
             report = _Reporter(err, options.progress)
             args = parse_args(options.arg)
