@@ -48,6 +48,7 @@ METADATA_FILE = "attn_parity.json"
 ORBAX_ITEM = "state"
 ORBAX_LAYOUT = "nnx-state"  # metadata "orbax_layout": the item is an nnx.State (leaves end in ".value")
 TORCH_PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+TIMM_TRAINING_SUFFIX = ".pth.tar"  # timm's train.py: checkpoint-N.pth.tar, model_best.pth.tar (torch.save)
 SAFETENSORS = ".safetensors"
 TEMP_PREFIX = ".attn-convert-"
 FLAX_FORMATS = {"safetensors": "a .safetensors file", "orbax": "an Orbax checkpoint directory (no suffix or .orbax)"}
@@ -626,7 +627,7 @@ def _strip_parallel_prefix(state: dict[Any, Any], notes: list[str]) -> dict[Any,
 def read_torch_checkpoint(path: PathLike, *, key: str | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """A torch state dict from a file, and notes on what was done to find it.
 
-    ``.pt``/``.pth``/``.bin`` (any case) are read with ``torch.load(weights_only=True)``
+    ``.pt``/``.pth``/``.bin``/``.pth.tar`` (any case) are read with ``torch.load(weights_only=True)``
     after :func:`check_zip_records`; ``.safetensors`` without torch. A checkpoint as
     a training script writes it is unwrapped: the dict under ``key``, or under a
     known name (:data:`NESTED_KEYS`); a ``module.`` prefix on every key is stripped.
@@ -642,8 +643,9 @@ def read_torch_checkpoint(path: PathLike, *, key: str | None = None) -> tuple[di
         if key is not None:
             raise CheckpointError(f"{src}: --key picks a nested dict in a .pt/.pth/.bin file; a .safetensors file is flat")
         return _strip_parallel_prefix(arrays, notes), notes
-    if suffix not in TORCH_PICKLE_SUFFIXES:
-        raise CheckpointError(f"{src}: a torch checkpoint is {', '.join(TORCH_PICKLE_SUFFIXES)} or {SAFETENSORS} (any case)")
+    if suffix not in TORCH_PICKLE_SUFFIXES and not src.name.lower().endswith(TIMM_TRAINING_SUFFIX):
+        raise CheckpointError(f"{src}: a torch checkpoint is {', '.join(TORCH_PICKLE_SUFFIXES)}, "
+                              f"{TIMM_TRAINING_SUFFIX} or {SAFETENSORS} (any case)")
     check_zip_records(src)
     import argparse
 

@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
             args = parse_args(options.arg)
             _check_paths(options.src, options.dst)
             commands[options.command](options.src, options.dst, options.model, args, options, report)
+    except SystemExit as done:  # --help
+        return done.code if isinstance(done.code, int) else 0
     except KeyboardInterrupt as interruption:  # SIGINT, SIGTERM, SIGHUP: DST was cleaned up on the way here
         signum = getattr(interruption, "signum", signal.SIGINT)
         print(f"{PROG}: interrupted by {signal.Signals(signum).name}; nothing written", file=err, flush=True)

@@ -203,7 +203,7 @@ def test_refused_files(tmp_path, capsys, se_file):
     cases = [
         (["to-flax", tmp_path / "junk.pt", tmp_path / "o.safetensors", *se], ["refused to load", "junk.pt", "rejects it"]),
         (["to-flax", tmp_path / "junk.safetensors", tmp_path / "o.safetensors", *se], ["cannot read", "junk.safetensors"]),
-        (["to-flax", tmp_path / "notes.txt", tmp_path / "o.safetensors", *se], [".pt, .pth, .bin or .safetensors"]),
+        (["to-flax", tmp_path / "notes.txt", tmp_path / "o.safetensors", *se], [".pt, .pth, .bin, .pth.tar or .safetensors"]),
         (["to-flax", tmp_path / "absent.pt", tmp_path / "o.safetensors", *se], ["does not exist"]),
         (["to-flax", se_file, tmp_path / "o.pt", *se], ["a Flax checkpoint is a .safetensors file or an Orbax directory, not .pt"]),
         (["to-flax", se_file, tmp_path / "busy", *se], ["busy exists; give --overwrite"]),

@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import io
 import json
 import os
 import signal
@@ -22,8 +23,7 @@ import attn_flax
 import attn_torch
 import parity
 import parity.checkpoint as checkpoint
-from parity.checkpoint import CheckpointError, read_torch, read_torch_checkpoint
-from parity.convert import check_state, Expected
+from parity.checkpoint import CheckpointError, read_torch
 from parity.convert_cli import main
 from parity.harness import randomize_
 
@@ -295,10 +295,26 @@ def test_a_truncated_orbax_source_is_one_line(tmp_path, capsys, se_file):
     assert "Event loop is closed" not in err and not (tmp_path / "o.pt").exists()
 
 
-def test_progress_only_when_asked_or_on_a_terminal(tmp_path, capsys, se_file):
+def test_help_exits_zero(capsys):
+    assert main(["to-flax", "--help"]) == 0
+    assert "--overwrite" in capsys.readouterr().out
+
+
+def test_progress_only_when_asked_or_on_a_terminal(tmp_path, capsys, monkeypatch, se_file):
     assert _run(capsys, "to-flax", se_file, tmp_path / "a.safetensors", *SE_ARGS) == (0, "")
     code, err = _run(capsys, "to-flax", se_file, tmp_path / "b.safetensors", *SE_ARGS, "--progress")
     assert code == 0 and "read 2 tensors" in err and "wrote" in err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    import parity.convert_cli as cli
+
+    monkeypatch.setattr(cli, "PROGRESS_MIN_TENSORS", 2)
+    terminal = Terminal()
+    assert main(["to-flax", str(se_file), str(tmp_path / "c.safetensors"), *SE_ARGS], stderr=terminal) == 0
+    assert "read 2 tensors" in terminal.getvalue()
 
 
 # -- 3. no silent value changes -------------------------------------------------------------------------
@@ -409,6 +425,8 @@ def test_key_names_are_escaped_and_lists_capped(tmp_path, capsys, se_file):
     code, err = _run(capsys, "to-flax", tmp_path / "evil.pt", tmp_path / "o.safetensors", *SE_ARGS)
     line = _one_line(code, err, "unexpected keys (31)", r"'\x1b[2J\x1b[31mred'", "... and 11 more")
     assert "extra.25" not in line
+    from parity.convert import Expected, check_state
+
     many = {f"k{i}": np.zeros(1) for i in range(100_000)}
     with pytest.raises(parity.ConversionError) as info:
         check_state("x", {"a": Expected((1,), np.dtype(np.float32))}, many)
@@ -542,12 +560,12 @@ def test_checkpoints_as_timm_writes_them(tmp_path, capsys):
     torch.manual_seed(0)
     state = randomize_(attn_torch.SE(32, reduction=4), 0).state_dict()
     ema = {k: v + 1 for k, v in state.items()}
-    _timm_training_checkpoint(tmp_path / "checkpoint-3.pth.tar.pth", state, ema)
-    code, err = _run(capsys, "to-flax", tmp_path / "checkpoint-3.pth.tar.pth", tmp_path / "a.safetensors", *SE_ARGS)
+    _timm_training_checkpoint(tmp_path / "checkpoint-3.pth.tar", state, ema)
+    code, err = _run(capsys, "to-flax", tmp_path / "checkpoint-3.pth.tar", tmp_path / "a.safetensors", *SE_ARGS)
     assert code == 0, err
     assert "note: read the tensors under 'state_dict' (also there: 'state_dict_ema'; pick another with --key" in err
     assert "note: stripped the 'module.' prefix" in err
-    code, err = _run(capsys, "to-flax", tmp_path / "checkpoint-3.pth.tar.pth", tmp_path / "b.safetensors", *SE_ARGS,
+    code, err = _run(capsys, "to-flax", tmp_path / "checkpoint-3.pth.tar", tmp_path / "b.safetensors", *SE_ARGS,
                      "--key", "state_dict_ema")
     assert code == 0 and "read the tensors under" not in err
     for name, expected in [("a", state), ("b", ema)]:
@@ -576,7 +594,7 @@ def test_unknown_nesting_lists_the_top_level_keys(tmp_path, capsys, se_file):
 
 def test_a_partial_module_prefix_is_not_stripped(tmp_path):
     torch.save({"module.a": torch.zeros(1), "b": torch.zeros(1)}, tmp_path / "p.pt")
-    state, notes = read_torch_checkpoint(tmp_path / "p.pt")
+    state, notes = checkpoint.read_torch_checkpoint(tmp_path / "p.pt")
     assert list(state) == ["module.a", "b"] and notes == []
 
 
@@ -628,6 +646,11 @@ for name in ["m.safetensors", "m_orbax"]:
     fresh = attn_flax.CoordAttention(16, reduction=8, rngs=nnx.Rngs(1))
     parity.load_flax(fresh, {str(tmp_path)!r} + "/" + name)
     assert np.array_equal(np.asarray(fresh.conv1.kernel[...]), np.asarray(m.conv1.kernel[...]))
+from parity.convert_cli import main
+directory = {str(tmp_path)!r}
+assert main(["to-torch", directory + "/m.safetensors", directory + "/t.safetensors", "--model", "CoordAttention"]) == 0
+assert main(["to-flax", directory + "/t.safetensors", directory + "/again.safetensors", "--model", "CoordAttention",
+             "--arg", "channels=16", "--arg", "reduction=8"]) == 0
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
