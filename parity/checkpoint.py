@@ -264,7 +264,8 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
                        "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
 
 
-def _np_dtype(name: str) -> np.dtype:
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype named ``name``, ``bfloat16`` (ml_dtypes) included."""
     if name == "bfloat16":
         import ml_dtypes
 
@@ -284,7 +285,7 @@ def read_safetensors(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, s
         for name, view in deserialize(src.read_bytes()):
             if view["dtype"] not in _SAFETENSORS_DTYPES:
                 raise CheckpointError(f"{src}: tensor {quote(name)} has dtype {view['dtype']}, which is not read")
-            dtype = _np_dtype(_SAFETENSORS_DTYPES[view["dtype"]])
+            dtype = numpy_dtype(_SAFETENSORS_DTYPES[view["dtype"]])
             arrays[name] = np.frombuffer(view["data"], dtype=dtype).reshape(view["shape"])
     except CheckpointError:
         raise

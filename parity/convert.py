@@ -381,3 +381,7 @@ def to_torch(flax_module: nnx.Module, **torch_kwargs: Any) -> Any:
     except RuntimeError as error:
         raise ConversionError(str(error)) from None
     return torch_module.train(is_training(flax_module))
+
+
+if __name__ == "__main__":  # the command line is not here
+    raise SystemExit("attn-convert: run `attn-convert` or `python -m parity convert`")

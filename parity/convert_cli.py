@@ -266,10 +266,10 @@ def to_torch(src: Path, dst: Path, model: str, args: dict[str, Any], options: ar
 def _dtype(name: Any, src: Path) -> Any:
     import numpy as np
 
-    from parity.checkpoint import CheckpointError, _np_dtype
+    from parity.checkpoint import CheckpointError, numpy_dtype
 
     try:
-        dtype = _np_dtype(name)
+        dtype = numpy_dtype(name)
     except TypeError:
         raise CheckpointError(f"{src}: metadata torch_dtypes holds {name!r}, which is not a dtype") from None
     return dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
@@ -372,3 +372,7 @@ def entry(argv: list[str] | None = None) -> None:
             sys.stdout.flush()
             err.flush()
         os._exit(code)
+
+
+if __name__ == "__main__":  # one command line, one route to it
+    sys.exit(f"{PROG}: run `attn-convert` or `python -m parity convert`")
