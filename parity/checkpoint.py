@@ -218,7 +218,10 @@ def atomic_output(dst: PathLike, *, directory: bool = False, overwrite: bool = F
     target = _destination(dst, directory=directory, overwrite=overwrite)
     work = target.parent / f"{TEMP_PREFIX}{target.name[:100]}-{secrets.token_hex(4)}.tmp"
     try:
-        os.mkdir(work, 0o700)
+        try:
+            os.mkdir(work, 0o700)
+        except OSError as error:  # e.g. a read-only directory: say so about DST, not about our temporary
+            raise _write_failure(dst, error) from None
         out = work / target.name
         try:
             yield out

@@ -283,6 +283,16 @@ def test_a_file_size_limit_is_one_line(tmp_path, se_file):
     assert _listing(tmp_path) == ["se.pt"]
 
 
+def test_a_read_only_directory_is_one_line_about_dst(tmp_path, capsys, monkeypatch, se_file):
+    def read_only(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    code, err = _run(capsys, "to-flax", se_file, tmp_path / "o.safetensors", *SE_ARGS)
+    _one_line(code, err, f"cannot write {tmp_path / 'o.safetensors'}: Permission denied")
+    assert checkpoint.TEMP_PREFIX not in err
+
+
 def test_a_truncated_orbax_source_is_one_line(tmp_path, capsys, se_file):
     assert _run(capsys, "to-flax", se_file, tmp_path / "orbax_in", *SE_ARGS)[0] == 0
     data = [p for p in (tmp_path / "orbax_in").rglob("*") if p.is_file() and p.parent.name == "d"]
