@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from parity.convert import ConversionError, Expected, check_state, name_list, quote, to_numpy
+from parity.convert import ConversionError, Expected, check_state, name_list, quote, to_numpy, to_tensor
 
 FORMAT = "attn-parity-flax"
 FORMAT_VERSION = "1"
@@ -686,14 +686,6 @@ def read_torch(path: PathLike, *, key: str | None = None) -> dict[str, np.ndarra
     return read_torch_checkpoint(path, key=key)[0]
 
 
-def _to_tensor(array: np.ndarray) -> Any:
-    import torch
-
-    if array.dtype.name == "bfloat16":  # NumPy has no bfloat16: go through the bits
-        return torch.from_numpy(_contiguous(array).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(_contiguous(array))
-
-
 def check_torch_destination(path: PathLike, format: str | None = None) -> str:
     """The torch format ``path`` would be written in (``"pt"`` or ``"safetensors"``)."""
     return torch_format(path, format)
@@ -715,7 +707,7 @@ def write_torch(state: Mapping[str, np.ndarray], path: PathLike, *, format: str 
 
     import torch
 
-    tensors = collections.OrderedDict((k, _to_tensor(v)) for k, v in state.items())
+    tensors = collections.OrderedDict((k, to_tensor(v)) for k, v in state.items())
     with atomic_output(dst, overwrite=overwrite) as out, open(out, "wb") as raw:
         file = _RecordingFile(raw)
         try:

@@ -180,6 +180,16 @@ def to_numpy(value: Any) -> Array:
     return np.asarray(value)
 
 
+def to_tensor(array: Array) -> Any:
+    """A NumPy array as a torch tensor sharing its memory (``ml_dtypes.bfloat16`` as ``torch.bfloat16``)."""
+    import torch
+
+    array = array if array.flags.c_contiguous else np.array(array, order="C")
+    if array.dtype.name == "bfloat16":  # NumPy has no bfloat16: go through the bits
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
 def is_numeric(dtype: np.dtype) -> bool:
     """Booleans, integers and floating point (bfloat16 & co included); not objects, strings or records."""
     return dtype.kind in "biuf" or _is_float(dtype)
@@ -190,18 +200,11 @@ def _is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or (dtype.kind == "V" and dtype.fields is None and "float" in dtype.name)
 
 
-def dtype_problem(given: np.dtype, expected: np.dtype) -> str | None:
-    """Why values of ``given`` dtype cannot be stored as ``expected`` without change (``None``: they can).
-
-    Widening is fine; integer to integer is checked value by value by the conversion rules.
-    """
-    if not is_numeric(given):
-        return f"{given} is not a numeric dtype"
+def keeps_values(given: np.dtype, expected: np.dtype) -> bool:
+    """Whether storing ``given`` values as ``expected`` keeps them: a widening (integers: checked value by value)."""
     if given == expected or np.can_cast(given, expected, casting="safe"):
-        return None
-    if given.kind in "iu" and expected.kind in "iu":
-        return None
-    return f"{given.name} -> {expected.name} would lose precision"
+        return True
+    return given.kind in "iu" and expected.kind in "iu"
 
 
 def narrow_exact(array: Array, dtype: Any) -> Array:
@@ -263,7 +266,7 @@ def check_state(
             continue
         if tuple(value.shape) != tuple(spec.shape):
             shapes.append(f"{quote(key)}: expected {tuple(spec.shape)}, got {tuple(value.shape)}")
-        if dtype_problem(dtype, spec.dtype):
+        if not keeps_values(dtype, np.dtype(spec.dtype)):
             dtypes.append(f"{quote(key)}: {dtype.name} -> {np.dtype(spec.dtype).name}")
     parts = []
     if bad_names:
@@ -375,7 +378,11 @@ def to_torch(flax_module: nnx.Module, **torch_kwargs: Any) -> Any:
 
     name = registered_name(flax_module)
     torch_module = attn_torch.MODULES[name](**flax_module.init_kwargs, **torch_kwargs)
-    tensors = {k: torch.from_numpy(v) for k, v in state_dict(flax_module).items()}
+    state = state_dict(flax_module)
+    # torch's load_state_dict would cast silently (float64 -> float32): check dtypes like keys and shapes
+    expected = {k: Expected(tuple(v.shape), to_numpy(v).dtype) for k, v in torch_module.state_dict().items()}
+    check_state(f"state dict for torch {name}", expected, state)
+    tensors = {k: to_tensor(v) for k, v in state.items()}
     try:
         torch_module.load_state_dict(tensors, strict=True)
     except RuntimeError as error:

@@ -383,6 +383,17 @@ def test_narrow_exact_keeps_bits_and_refuses_loss():
     assert narrow_exact(np.array([0.5, -2.0], np.float32), np.float16).dtype == np.float16
 
 
+def test_to_torch_refuses_to_narrow_a_float64_flax_module():
+    import jax
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        module = attn_flax.SE(8, reduction=2, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+        with pytest.raises(parity.ConversionError, match=r"'fc.0.weight': float64 -> float32"):
+            parity.to_torch(module)
+        assert parity.to_torch(module, dtype=torch.float64).fc[0].weight.dtype == torch.float64
+
+
 # -- 4. no half-written modules -------------------------------------------------------------------------
 
 
