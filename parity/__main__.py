@@ -4,12 +4,11 @@ import sys
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["convert"]:  # the attn-convert process, Ctrl-C during imports included
+    if sys.argv[1:2] == ["convert"]:  # the attn-convert process (it ends the process itself)
         from parity.convert_cli import entry
 
         entry(sys.argv[2:])
     commands = {
-        "convert": "parity.convert_cli",
         "report": "parity.report",
         "bench": "parity.bench",
         "profile": "parity.profile",
@@ -17,7 +16,7 @@ def main() -> int:
         "memory": "parity.memory",
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print(f"usage: python -m parity {{{','.join(commands)}}} [options]", file=sys.stderr)
+        print(f"usage: python -m parity {{{','.join(['convert', *commands])}}} [options]", file=sys.stderr)
         return 2
     import importlib
 
