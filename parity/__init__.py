@@ -6,7 +6,7 @@
     >>> parity.state_dict(flax_module)                        # Flax -> torch names and layouts
     >>> torch_module = parity.to_torch(flax_module)
     >>> parity.save_flax(flax_module, "model.safetensors")   # nnx state; a directory: Orbax
-    >>> parity.load_flax(flax_module, "model.safetensors")   # strict keys and shapes
+    >>> parity.load_flax(flax_module, "model.safetensors")   # strict keys, shapes and dtypes
 """
 
 import importlib
@@ -14,8 +14,8 @@ from typing import Any
 
 from attn_common._version import __version__
 
-# name -> module; imported on first use, so that `python -m parity.convert` (the
-# attn-convert CLI) runs a module that importing the package has not loaded already.
+# name -> module; imported on first use, so that `import parity` stays light: the attn-convert
+# process (parity.convert_cli) installs its signal handlers before JAX and torch are imported.
 _EXPORTS = {
     **dict.fromkeys(
         ["RULES", "ConversionError", "LoadResult", "Rule", "load_state_dict", "state_dict", "to_flax", "to_torch"],

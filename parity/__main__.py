@@ -1,9 +1,13 @@
-"""``python -m parity {report,bench,profile,train,memory}``."""
+"""``python -m parity {convert,report,bench,profile,train,memory}``."""
 
 import sys
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["convert"]:  # the attn-convert process (it ends the process itself)
+        from parity.convert_cli import entry
+
+        entry(sys.argv[2:])
     commands = {
         "report": "parity.report",
         "bench": "parity.bench",
@@ -12,7 +16,7 @@ def main() -> int:
         "memory": "parity.memory",
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print(f"usage: python -m parity {{{','.join(commands)}}} [options]", file=sys.stderr)
+        print(f"usage: python -m parity {{{','.join(['convert', *commands])}}} [options]", file=sys.stderr)
         return 2
     import importlib
 

@@ -24,7 +24,7 @@ Array = np.ndarray
 
 
 class ConversionError(ValueError):
-    """Raised when a state dict and a module do not match (names or shapes)."""
+    """Raised when a state dict and a module do not match (names, shapes or dtypes)."""
 
 
 def _identity(a: Array) -> Array:
@@ -146,8 +146,28 @@ def iter_leaves(module: nnx.Module) -> Iterator[Leaf]:
     yield from walk(module, ())
 
 
-def _to_numpy(value: Any) -> Array:
-    """A torch tensor, jax array or array-like as a NumPy array (bf16 kept exact)."""
+LIST_LIMIT = 20  # names shown in one message; the rest are counted
+NAME_LIMIT = 200  # characters of one escaped name
+
+
+def quote(name: Any) -> str:
+    """A key as printed in messages: ``repr``-escaped (no raw control characters), long ones cut."""
+    text = repr(name)
+    return text if len(text) <= NAME_LIMIT else f"{text[:NAME_LIMIT]}...({len(text)} chars)"
+
+
+def name_list(items: list[str], separator: str = ", ") -> str:
+    """The first :data:`LIST_LIMIT` items joined, then how many more there are."""
+    shown = separator.join(items[:LIST_LIMIT])
+    rest = len(items) - LIST_LIMIT
+    return f"{shown}{separator}... and {rest} more" if rest > 0 else shown
+
+
+def to_numpy(value: Any) -> Array:
+    """A torch tensor, jax array or array-like as a NumPy array, without copying where possible.
+
+    bfloat16 tensors come back as ``ml_dtypes.bfloat16`` with the same bits.
+    """
     if type(value).__module__.startswith("torch"):
         import torch
 
@@ -158,6 +178,113 @@ def _to_numpy(value: Any) -> Array:
             return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return tensor.numpy()
     return np.asarray(value)
+
+
+def to_tensor(array: Array) -> Any:
+    """A NumPy array as a torch tensor sharing its memory (``ml_dtypes.bfloat16`` as ``torch.bfloat16``)."""
+    import torch
+
+    array = array if array.flags.c_contiguous else np.array(array, order="C")
+    if array.dtype.name == "bfloat16":  # NumPy has no bfloat16: go through the bits
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def is_numeric(dtype: np.dtype) -> bool:
+    """Booleans, integers and floating point (bfloat16 & co included); not objects, strings or records."""
+    return dtype.kind in "biuf" or _is_float(dtype)
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """NumPy floats and ml_dtypes' (bfloat16, float8_*), which NumPy sees as void."""
+    return dtype.kind == "f" or (dtype.kind == "V" and dtype.fields is None and "float" in dtype.name)
+
+
+def keeps_values(given: np.dtype, expected: np.dtype) -> bool:
+    """Whether storing ``given`` values as ``expected`` keeps them: a widening (integers: checked value by value)."""
+    if given == expected or np.can_cast(given, expected, casting="safe"):
+        return True
+    return given.kind in "iu" and expected.kind in "iu"
+
+
+def narrow_exact(array: Array, dtype: Any) -> Array:
+    """``array`` as ``dtype`` where every value is kept exactly, else :class:`ConversionError`.
+
+    float32 -> bfloat16 keeps the upper 16 bits, so NaN payloads come back unchanged.
+    """
+    dtype = np.dtype(dtype)
+    array = np.asarray(array)
+    if array.dtype == dtype:
+        return array
+    if dtype.name == "bfloat16" and array.dtype == np.float32:
+        bits = np.ascontiguousarray(array).view(np.uint32)
+        if np.any(bits & 0xFFFF):
+            raise ConversionError("float32 values are not all bfloat16 values (low 16 bits set)")
+        return (bits >> 16).astype(np.uint16).view(dtype)
+    if array.dtype.kind in "iu" and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise ConversionError(f"{array.dtype.name} values do not fit {dtype.name}")
+        return array.astype(dtype)
+    out = array.astype(dtype)
+    back = out.astype(array.dtype)
+    same = back.tobytes() == np.ascontiguousarray(array).tobytes() if _is_float(array.dtype) else np.array_equal(back, array)
+    if not same:
+        raise ConversionError(f"{array.dtype.name} values are not all exact in {dtype.name}")
+    return out
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The shape and dtype a key must have."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def check_state(
+    target: str, expected: Mapping[str, Expected], given: Mapping[Any, Any], *, strict: bool = True
+) -> tuple[list[str], list[str]]:
+    """The one check of a state against what it is loaded into: names, shapes and dtypes.
+
+    ``given`` values need ``shape`` and ``dtype``. Raises :class:`ConversionError`
+    naming ``target`` and listing (escaped, capped) every non-string key, missing
+    key (with ``strict``), unexpected key (with ``strict``), shape and dtype
+    mismatch. Returns the missing and unexpected keys.
+    """
+    bad_names = [k for k in given if not isinstance(k, str)]
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if isinstance(k, str) and k not in expected]
+    shapes, dtypes, not_numeric = [], [], []
+    for key, spec in expected.items():
+        if key not in given:
+            continue
+        value = given[key]
+        dtype = getattr(value, "dtype", None)
+        if not isinstance(dtype, np.dtype) or not is_numeric(dtype):
+            not_numeric.append(f"{quote(key)} ({dtype if isinstance(dtype, np.dtype) else type(value).__name__})")
+            continue
+        if tuple(value.shape) != tuple(spec.shape):
+            shapes.append(f"{quote(key)}: expected {tuple(spec.shape)}, got {tuple(value.shape)}")
+        if not keeps_values(dtype, np.dtype(spec.dtype)):
+            dtypes.append(f"{quote(key)}: {dtype.name} -> {np.dtype(spec.dtype).name}")
+    parts = []
+    if bad_names:
+        kinds = [f"{quote(k)} ({type(k).__name__})" for k in bad_names]
+        parts.append(f"keys that are not strings ({len(bad_names)}): {name_list(kinds)}")
+    if strict and missing:
+        parts.append(f"missing keys ({len(missing)}): {name_list([quote(k) for k in missing])}")
+    if strict and unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {name_list([quote(k) for k in unexpected])}")
+    if shapes:
+        parts.append(f"shape mismatches ({len(shapes)}): {name_list(shapes, '; ')}")
+    if not_numeric:
+        parts.append(f"not numeric arrays ({len(not_numeric)}): {name_list(not_numeric)}")
+    if dtypes:
+        parts.append(f"dtypes that would lose precision ({len(dtypes)}): {name_list(dtypes, '; ')}")
+    if parts:
+        raise ConversionError("\n".join([f"{target} does not match:", *(f"  {p}" for p in parts)]))
+    return missing, unexpected
 
 
 def state_dict(module: nnx.Module) -> dict[str, Array]:
@@ -174,17 +301,11 @@ class LoadResult:
     unexpected_keys: list[str]
 
 
-def _mismatch_message(
-    module: nnx.Module, missing: list[str], unexpected: list[str], shapes: list[str]
-) -> str:
-    lines = [f"state dict does not match {type(module).__name__}:"]
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if shapes:
-        lines.append(f"  shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
-    return "\n".join(lines)
+def _as_array(value: Any) -> Any:
+    try:
+        return to_numpy(value)
+    except Exception:  # not array-like: check_state names it
+        return value
 
 
 def load_state_dict(
@@ -193,30 +314,26 @@ def load_state_dict(
     """Load a torch-named state dict into a Flax module, in place.
 
     Values may be torch tensors, NumPy or JAX arrays; each is copied into a new
-    JAX array, so later writes to the source never reach the module. Nothing is
-    written unless every shape matches and, with ``strict``, every key matches;
-    otherwise :class:`ConversionError` lists all missing keys, unexpected keys
-    and shape mismatches (torch layout, expected vs given).
+    JAX array, so later writes to the source never reach the module. Every key,
+    shape and dtype is checked and every value converted before any is written:
+    on any problem :class:`ConversionError` lists all missing keys, unexpected
+    keys (both with ``strict``), shape mismatches (torch layout, expected vs
+    given) and dtypes that would lose precision or are not numeric, and the
+    module is left untouched.
     """
     leaves = {leaf.torch_name: leaf for leaf in iter_leaves(module)}
-    missing = [k for k in leaves if k not in state]
-    unexpected = [k for k in state if k not in leaves]
-    converted: dict[str, Array] = {}
-    shapes: list[str] = []
+    arrays = {k: _as_array(v) for k, v in state.items()}
+    expected = {name: Expected(leaf.torch_shape(), np.dtype(leaf.variable.dtype)) for name, leaf in leaves.items()}
+    missing, unexpected = check_state(f"state dict for {type(module).__name__}", expected, arrays, strict=strict)
+    converted = {}
     for name, leaf in leaves.items():
-        if name not in state:
-            continue
-        value = _to_numpy(state[name])
-        expected = leaf.torch_shape()
-        if tuple(value.shape) != expected:
-            shapes.append(f"{name}: expected {expected}, got {tuple(value.shape)}")
-            continue
-        converted[name] = leaf.rule.to_flax(value)
-    if shapes or (strict and (missing or unexpected)):
-        raise ConversionError(_mismatch_message(module, missing, unexpected, shapes))
+        if name in arrays:
+            flax_value = leaf.rule.to_flax(arrays[name])
+            if flax_value.dtype.kind in "iu" and np.dtype(leaf.variable.dtype).kind in "iu":
+                flax_value = narrow_exact(flax_value, leaf.variable.dtype)
+            converted[name] = jnp.array(flax_value, dtype=leaf.variable.dtype, copy=True)
     for name, value in converted.items():
-        variable = leaves[name].variable
-        variable.set_value(jnp.array(value, dtype=variable.dtype, copy=True))
+        leaves[name].variable.set_value(value)
     return LoadResult(missing, unexpected)
 
 
@@ -261,7 +378,11 @@ def to_torch(flax_module: nnx.Module, **torch_kwargs: Any) -> Any:
 
     name = registered_name(flax_module)
     torch_module = attn_torch.MODULES[name](**flax_module.init_kwargs, **torch_kwargs)
-    tensors = {k: torch.from_numpy(v) for k, v in state_dict(flax_module).items()}
+    state = state_dict(flax_module)
+    # torch's load_state_dict would cast silently (float64 -> float32): check dtypes like keys and shapes
+    expected = {k: Expected(tuple(v.shape), to_numpy(v).dtype) for k, v in torch_module.state_dict().items()}
+    check_state(f"state dict for torch {name}", expected, state)
+    tensors = {k: to_tensor(v) for k, v in state.items()}
     try:
         torch_module.load_state_dict(tensors, strict=True)
     except RuntimeError as error:
@@ -269,7 +390,5 @@ def to_torch(flax_module: nnx.Module, **torch_kwargs: Any) -> Any:
     return torch_module.train(is_training(flax_module))
 
 
-if __name__ == "__main__":  # `python -m parity.convert` is the attn-convert CLI
-    from parity.convert_cli import main
-
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command line is not here
+    raise SystemExit("attn-convert: run `attn-convert` or `python -m parity convert`")

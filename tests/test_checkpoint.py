@@ -66,18 +66,33 @@ def test_safetensors_keys_are_nnx_state_paths_with_metadata(tmp_path):
     assert se_keys == {"fc.layers.0.kernel", "fc.layers.2.kernel"}
 
 
-def test_orbax_directory_restores_with_the_documented_flax_recipe(tmp_path):
+@pytest.mark.parametrize("name", ["CoordAttention", "SE"])
+def test_orbax_directory_restores_with_flax_standard_recipe(tmp_path, name):
     import orbax.checkpoint as ocp
 
-    source = _flax("CoordAttention", seed=2)
+    source = _flax(name, seed=2)
     parity.save_flax(source, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["attn_parity.json", "state"]
-    abstract = nnx.eval_shape(lambda: attn_flax.CoordAttention(32, reduction=8, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    with ocp.StandardCheckpointer() as checkpointer:
-        nnx.replace_by_pure_dict(state, checkpointer.restore((tmp_path / "ckpt" / "state").absolute()))
-    restored = nnx.merge(graphdef, state)
+    abstract = nnx.eval_shape(lambda: attn_flax.MODULES[name](**SPECS[name].kwargs, rngs=nnx.Rngs(0)))
+    graphdef, _ = nnx.split(abstract)
+    restored_state = ocp.StandardCheckpointer().restore((tmp_path / "ckpt" / "state").absolute(), nnx.state(abstract))
+    restored = nnx.merge(graphdef, restored_state)
+    assert list(_values(restored)) == list(_values(source))
     assert all(np.array_equal(_values(restored)[k], v) for k, v in _values(source).items())
+
+
+def test_orbax_directories_of_the_pure_dict_layout_still_load(tmp_path):
+    """Directories written before the nnx.State layout (a pure dict, no orbax_layout) are read as before."""
+    import orbax.checkpoint as ocp
+
+    source = _flax("SE", seed=2)
+    (tmp_path / "old").mkdir()
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save((tmp_path / "old" / "state").absolute(), nnx.to_pure_dict(nnx.state(source)))
+    (tmp_path / "old" / "attn_parity.json").write_text(json.dumps(checkpoint.flax_metadata(source)))
+    fresh = attn_flax.SE(**SPECS["SE"].kwargs, rngs=nnx.Rngs(9))
+    parity.load_flax(fresh, tmp_path / "old")
+    assert all(np.array_equal(_values(fresh)[k], v) for k, v in _values(source).items())
 
 
 def test_resnet_round_trips_through_orbax(tmp_path):
@@ -100,13 +115,13 @@ def test_mismatch_lists_every_key_and_leaves_the_module_untouched(tmp_path):
         parity.load_flax(target, path)
     message = str(info.value)
     assert "shape mismatches (5)" in message  # hidden width max(8, C // 8) stays 8
-    assert "conv1.kernel: expected (1, 1, 48, 8), got (1, 1, 32, 8)" in message
+    assert "'conv1.kernel': expected (1, 1, 48, 8), got (1, 1, 32, 8)" in message
     assert all(np.array_equal(before[k], v) for k, v in _values(target).items())
     other = attn_flax.SE(32, 4, rngs=nnx.Rngs(0))
     with pytest.raises(parity.ConversionError) as info:
         parity.load_flax(other, path)
-    assert "missing keys (2): fc.layers.0.kernel, fc.layers.2.kernel" in str(info.value)
-    assert "unexpected keys (11)" in str(info.value) and "bn1.num_batches_tracked" in str(info.value)
+    assert "missing keys (2): 'fc.layers.0.kernel', 'fc.layers.2.kernel'" in str(info.value)
+    assert "unexpected keys (11)" in str(info.value) and "'bn1.num_batches_tracked'" in str(info.value)
 
 
 def test_a_torch_safetensors_file_is_not_taken_for_a_flax_checkpoint(tmp_path):
@@ -121,8 +136,10 @@ def test_refusals_and_failures_leave_nothing_behind(tmp_path, monkeypatch):
     module = attn_flax.SE(32, 4, rngs=nnx.Rngs(0))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
-    with pytest.raises(CheckpointError, match="exists and is not an empty directory"):
+    with pytest.raises(CheckpointError, match="busy exists; give --overwrite"):
         parity.save_flax(module, tmp_path / "busy")
+    with pytest.raises(CheckpointError, match="neither empty nor an attn-parity Orbax checkpoint"):
+        parity.save_flax(module, tmp_path / "busy", overwrite=True)
     with pytest.raises(CheckpointError, match="does not exist"):
         parity.save_flax(module, tmp_path / "missing" / "m.safetensors")
 

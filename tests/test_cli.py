@@ -1,7 +1,6 @@
 """attn-convert: torch -> Flax -> torch is bit-identical; every refusal is one line, exit 2, no file."""
 
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -119,7 +118,7 @@ def test_half_precision_comes_back_and_float64_is_refused(tmp_path, capsys):
     code, err = _run(capsys, "to-flax", tmp_path / "double.pt", tmp_path / "double.safetensors", "--model",
                      "CoordAttention", "--arg", "channels=16", "--arg", "reduction=8")
     _assert_refused(code, err, tmp_path, ["half.pt", "half.safetensors", "back.pt", "double.pt"],
-                    "stores 10 tensors with less precision", "conv1.weight (float64 -> float32)")
+                    "dtypes that would lose precision (10)", "'conv1.weight': float64 -> float32")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +136,7 @@ RESNET_ARGS = ["--model", "resnet", "--arg", "depth=18", "--arg", "attention=cba
 @pytest.mark.parametrize("flax,back", [("r.safetensors", "r_back.pt"), ("r_orbax", "r_back.safetensors")])
 def test_resnet18_with_cbam_round_trips(tmp_path, capsys, resnet_checkpoint, flax, back):
     model, src = resnet_checkpoint
-    code, err = _run(capsys, "to-flax", src, tmp_path / flax, *RESNET_ARGS)
+    code, err = _run(capsys, "to-flax", src, tmp_path / flax, *RESNET_ARGS, "--progress")
     assert code == 0
     assert "read 154 tensors" in err and f"wrote {tmp_path / flax}" in err  # progress for a large checkpoint
     assert _run(capsys, "to-torch", tmp_path / flax, tmp_path / back, "--model", "ResNet")[0] == 0
@@ -174,9 +173,9 @@ def test_refused_code_running_pickle(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,fragments", [
-    (["--arg", "channels=64"], ["does not match SE", "shape mismatches (2)", "fc.0.weight: expected (4, 64), got (8, 32)"]),
-    (["--arg", "channels=32", "--arg", "reduction=2"], ["fc.0.weight: expected (16, 32), got (8, 32)"]),
-    (["--model", "CBAM", "--arg", "channels=32"], ["missing keys (4): ca.se.0.weight", "unexpected keys (2): fc.0.weight, fc.2.weight"]),
+    (["--arg", "channels=64"], ["does not match", "SE", "shape mismatches (2)", "'fc.0.weight': expected (4, 64), got (8, 32)"]),
+    (["--arg", "channels=32", "--arg", "reduction=2"], ["'fc.0.weight': expected (16, 32), got (8, 32)"]),
+    (["--model", "CBAM", "--arg", "channels=32"], ["missing keys (4): 'ca.se.0.weight'", "unexpected keys (2): 'fc.0.weight', 'fc.2.weight'"]),
     (["--model", "Nope"], ["`model`='Nope' is not one of", "ResNet", "SE"]),
     ([], ["cannot build SE()", "missing 1 required positional argument: 'channels'", "--arg key=value"]),
     (["--arg", "channels=32", "--arg", "colour=1"], ["unexpected keyword argument 'colour'"]),
@@ -203,10 +202,11 @@ def test_refused_files(tmp_path, capsys, se_file):
     cases = [
         (["to-flax", tmp_path / "junk.pt", tmp_path / "o.safetensors", *se], ["refused to load", "junk.pt", "rejects it"]),
         (["to-flax", tmp_path / "junk.safetensors", tmp_path / "o.safetensors", *se], ["cannot read", "junk.safetensors"]),
-        (["to-flax", tmp_path / "notes.txt", tmp_path / "o.safetensors", *se], [".pt, .pth, .bin or .safetensors"]),
+        (["to-flax", tmp_path / "notes.txt", tmp_path / "o.safetensors", *se], [".pt, .pth, .bin, .pth.tar or .safetensors"]),
         (["to-flax", tmp_path / "absent.pt", tmp_path / "o.safetensors", *se], ["does not exist"]),
         (["to-flax", se_file, tmp_path / "o.pt", *se], ["a Flax checkpoint is a .safetensors file or an Orbax directory, not .pt"]),
-        (["to-flax", se_file, tmp_path / "busy", *se], ["exists and is not an empty directory"]),
+        (["to-flax", se_file, tmp_path / "busy", *se], ["busy exists; give --overwrite"]),
+        (["to-flax", se_file, tmp_path / "busy", *se, "--overwrite"], ["neither empty nor an attn-parity Orbax checkpoint"]),
         (["to-flax", se_file, tmp_path / "no" / "o.safetensors", *se], ["does not exist"]),
         (["to-torch", se_file, tmp_path / "o.pt", "--model", "SE"], ["a Flax checkpoint is a .safetensors file or an Orbax directory"]),
         (["to-torch", tmp_path / "junk.safetensors", tmp_path / "o.pt", "--model", "SE"], ["cannot read", "junk.safetensors"]),
@@ -228,15 +228,17 @@ def test_to_torch_checks_the_model_and_the_file(tmp_path, capsys, se_file):
     code, err = _run(capsys, "to-torch", tmp_path / "se.safetensors", tmp_path / "o.pt", "--model", "ECA")
     _assert_refused(code, err, tmp_path, inputs, "holds a SE checkpoint, but --model is ECA")
     code, err = _run(capsys, "to-torch", tmp_path / "se.safetensors", tmp_path / "o.pt", "--model", "SE", "--arg", "channels=16")
-    _assert_refused(code, err, tmp_path, inputs, "does not match SE", "fc.layers.0.kernel: expected (16, 4), got (32, 8)")
+    _assert_refused(code, err, tmp_path, inputs, "does not match", "'fc.layers.0.kernel': expected (16, 4), got (32, 8)")
     code, err = _run(capsys, "to-torch", tmp_path / "se.safetensors", tmp_path / "o.npz", "--model", "SE")
     _assert_refused(code, err, tmp_path, inputs, "o.npz: a torch checkpoint is .pt, .pth, .bin or .safetensors")
 
 
-def test_small_checkpoints_convert_quietly_and_overwrite_files(tmp_path, capsys, se_file):
+def test_small_checkpoints_convert_quietly_and_overwrite_only_when_asked(tmp_path, capsys, se_file):
     argv = ["to-flax", se_file, tmp_path / "se.safetensors", "--model", "SE", "--arg", "channels=32", "--arg", "reduction=4"]
     assert _run(capsys, *argv) == (0, "")
-    assert _run(capsys, *argv) == (0, "")
+    code, err = _run(capsys, *argv)
+    _assert_refused(code, err, tmp_path, ["se.pt", "se.safetensors"], "se.safetensors exists; give --overwrite")
+    assert _run(capsys, *argv, "--overwrite") == (0, "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["se.pt", "se.safetensors"]
 
 
@@ -250,7 +252,7 @@ def test_python_dash_m_parity_convert_refuses_in_one_line(tmp_path):
     marker = tmp_path / "ran"
     torch.save({"x": _RunsCode(marker)}, tmp_path / "evil.pt")
     done = subprocess.run(
-        [sys.executable, "-m", "parity.convert", "to-flax", str(tmp_path / "evil.pt"), str(tmp_path / "o.safetensors"),
+        [sys.executable, "-m", "parity", "convert", "to-flax", str(tmp_path / "evil.pt"), str(tmp_path / "o.safetensors"),
          "--model", "SE", "--arg", "channels=32"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -260,12 +262,14 @@ def test_python_dash_m_parity_convert_refuses_in_one_line(tmp_path):
 
 
 def test_console_script_entry_point(tmp_path, se_file):
-    """pyproject's `attn-convert` names parity.convert_cli:main; run the installed script where there is one."""
+    """pyproject's `attn-convert` names parity.convert_cli:entry, the one process entry (`python -m parity convert` too)."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["attn-convert"] == "parity.convert_cli:main"
-    assert main.__module__ == "parity.convert_cli"
-    installed = shutil.which("attn-convert", path=os.path.dirname(sys.executable))
-    command = [installed] if installed else [sys.executable, "-m", "parity.convert_cli"]
+    assert scripts == {"attn-convert": "parity.convert_cli:entry"}
+    for module in ["parity.convert", "parity.convert_cli"]:  # the old routes point to the one entry
+        done = subprocess.run([sys.executable, "-m", module, "to-flax", str(se_file), str(tmp_path / "x.safetensors")],
+                              capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 1 and done.stderr == "attn-convert: run `attn-convert` or `python -m parity convert`\n"
+    command = [sys.executable, "-c", "from parity.convert_cli import entry; entry()"]  # what the script runs
     done = subprocess.run(
         [*command, "to-flax", str(se_file), str(tmp_path / "se.safetensors"), "--model", "SE", "--arg", "channels=32",
          "--arg", "reduction=4"],

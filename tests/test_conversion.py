@@ -66,9 +66,9 @@ def test_strict_error_lists_every_missing_unexpected_and_mismatched_key():
     with pytest.raises(parity.ConversionError) as info:
         parity.load_state_dict(flax_module, state)
     message = str(info.value)
-    for expected in ("conv1.weight", "bn1.running_var", "extra.weight",
-                     "conv_h.bias: expected (32,), got (31,)",
-                     "conv_w.weight: expected (32, 8, 1, 1), got (32, 8, 3, 3)"):
+    for expected in ("'conv1.weight'", "'bn1.running_var'", "'extra.weight'",
+                     "'conv_h.bias': expected (32,), got (31,)",
+                     "'conv_w.weight': expected (32, 8, 1, 1), got (32, 8, 3, 3)"):
         assert expected in message
     assert isinstance(info.value, ValueError)
 
