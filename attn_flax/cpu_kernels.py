@@ -47,36 +47,50 @@ KERNELS = ("conv_general_dilated", "map_images", "bias_after_average", "gate_and
            "group_similarity", "shuffle_attention")
 
 
-def cpu_kernels_enabled() -> bool:
-    """Whether functions traced now take the CPU kernels when lowered for CPU."""
-    return _enabled
+_disabled: frozenset[str] = frozenset()  # kernels turned off one by one
+
+
+def cpu_kernels_enabled(kernel: str | None = None) -> bool:
+    """Whether functions traced now take the CPU kernels (or the one named) when lowered for CPU."""
+    return _enabled and (kernel is None or _check_kernel(kernel) not in _disabled)
+
+
+def _check_kernel(name: str) -> str:
+    if name not in KERNELS:
+        raise ValueError(f"unknown CPU kernel {name!r}; the kernels are: {', '.join(KERNELS)}")
+    return name
 
 
 class set_cpu_kernels:
     """Turn the CPU kernels on or off for the process; as a context manager, for a block.
 
     ``set_cpu_kernels(False)`` takes effect at once; ``with set_cpu_kernels(False): ...``
-    restores the previous setting on exit.
+    restores the previous setting on exit. ``kernels=("map_images", ...)`` switches only
+    those (names in ``KERNELS``), e.g. to measure what one of them gains.
     """
 
-    def __init__(self, enabled: bool):
-        global _enabled
+    def __init__(self, enabled: bool, *, kernels: tuple[str, ...] | None = None):
+        global _enabled, _disabled
         if not isinstance(enabled, bool):
             raise ValueError(f"`enabled` must be True or False, got {enabled!r}")
-        self._previous = _enabled
-        _enabled = enabled
+        self._previous = (_enabled, _disabled)
+        if kernels is None:
+            _enabled = enabled
+        else:
+            names = {_check_kernel(k) for k in ((kernels,) if isinstance(kernels, str) else kernels)}
+            _disabled = _disabled - names if enabled else _disabled | names
 
     def __enter__(self) -> "set_cpu_kernels":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        global _enabled
-        _enabled = self._previous
+        global _enabled, _disabled
+        _enabled, _disabled = self._previous
 
 
 def _on_cpu(name: str, plain: Callable[..., Any], cpu: Callable[..., Any], *args: Any) -> Any:
-    """``cpu(*args)`` in a program lowered for CPU, ``plain(*args)`` elsewhere or with the kernels off."""
-    if not _enabled:
+    """``cpu(*args)`` in a program lowered for CPU, ``plain(*args)`` elsewhere or with the kernel off."""
+    if not _enabled or name in _disabled:
         return plain(*args)
     return _platform_dependent(name, args, cpu, plain)
 
@@ -84,6 +98,25 @@ def _on_cpu(name: str, plain: Callable[..., Any], cpu: Callable[..., Any], *args
 def _platform_dependent(name: str, args: tuple, cpu: Callable[..., Any], plain: Callable[..., Any]) -> Any:
     # A seam for tests, which plant an error in the CPU form of the kernel ``name``.
     return jax.lax.platform_dependent(*args, cpu=cpu, default=plain)
+
+
+def kernels_used(function: Callable[..., Any], *args: Any) -> set[str]:
+    """The names of the kernels that ``function(*args)`` calls, found by tracing it once."""
+    global _platform_dependent
+    used: set[str] = set()
+    original = _platform_dependent
+
+    def record(name: str, args: tuple, cpu: Callable[..., Any], plain: Callable[..., Any]) -> Any:
+        used.add(name)
+        return original(name, args, cpu, plain)
+
+    _platform_dependent = record
+    try:
+        with set_cpu_kernels(True):
+            jax.make_jaxpr(function)(*args)
+    finally:
+        _platform_dependent = original
+    return used
 
 
 def _evaluated_as(fast: Callable[..., Any], reference: Callable[..., Any], *, fast_primal: bool) -> Callable[..., Any]:

@@ -82,6 +82,7 @@ class Row:
     faults_per_call: dict[str, float] = field(default_factory=dict)
     compile_s: float | None = None
     error: str | None = None
+    kernels: list[str] = field(default_factory=list)  # the CPU kernels the module's forward calls
 
     def ratio(self, numerator: str, denominator: str) -> float | None:
         a, b = self.timings.get(numerator), self.timings.get(denominator)
@@ -113,8 +114,10 @@ def compiler_options_for(choice: str) -> dict[str, str]:
 
 
 def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_torch: bool,
-              compiler_options: dict[str, str] | None = None) -> tuple[dict[str, Callable[[], None]], float | None]:
-    """Build the timed callables for one module and shape; returns them and the compile time.
+              compiler_options: dict[str, str] | None = None
+              ) -> tuple[dict[str, Callable[[], None]], float | None, list[str]]:
+    """Build the timed callables for one module and shape; returns them, the compile time and
+    the CPU kernels the module calls.
 
     ``compiler_options`` go to the ``jax.jit`` of both Flax variants (``attn_flax.compiler_options()``)."""
     import jax
@@ -177,6 +180,18 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
         xg = x_t.detach().requires_grad_()
         (torch_train(xg) * cot_t).sum().backward()
 
+    from attn_flax.cpu_kernels import kernels_used
+
+    used = sorted(kernels_used(lambda s, v: nnx.merge(graph, s, copy=True)(v), state, x_j))
+    ablations: dict[str, Callable[[], None]] = {}
+    for kernel in used if len(used) > 1 else ():  # what each kernel gains, where a module calls several
+        with set_cpu_kernels(False, kernels=(kernel,)):
+            without_eval = jax.jit(lambda s, v: nnx.merge(graph, s, copy=True)(v),
+                                   compiler_options=compiler_options).lower(state, x_j).compile()
+            without_grad = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True),
+                                   compiler_options=compiler_options).lower(params, rest, x_j, cot_j).compile()
+        ablations[f"without:{kernel}_eval"] = lambda f=without_eval: f(state, x_j).block_until_ready()
+        ablations[f"without:{kernel}_train"] = lambda f=without_grad: jax.block_until_ready(f(params, rest, x_j, cot_j))
     destination = torch.empty_like(x_t)
     variants: dict[str, Callable[[], None]] = {
         "flax_eval": lambda: eval_fn(state, x_j).block_until_ready(),
@@ -186,6 +201,7 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
         "plain_train": lambda: jax.block_until_ready(plain_grad_fn(params, rest, x_j, cot_j)),
         "torch_train": torch_step,
         "R": lambda: destination.copy_(x_t),
+        **ablations,
     }
     compile_s = None
     if compile_torch:
@@ -200,7 +216,7 @@ def _variants(name: str, shape: tuple[int, int, int, int], dtype: str, compile_t
                 compiled(x_t)
 
         variants["compile_eval"] = compiled_eval
-    return variants, compile_s
+    return variants, compile_s, used
 
 
 def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int, warmup: int,
@@ -212,7 +228,7 @@ def bench_one(name: str, shape: tuple[int, int, int, int], dtype: str, reps: int
         raise ValueError(f"`settle_ms` must be non-negative, got {settle_ms}")
     row = Row(name, shape)
     try:
-        variants, row.compile_s = _variants(name, shape, dtype, compile_torch, compiler_options)
+        variants, row.compile_s, row.kernels = _variants(name, shape, dtype, compile_torch, compiler_options)
     except (ValueError, MemoryError, RuntimeError) as error:  # e.g. a shape a module rejects
         row.error = f"{type(error).__name__}: {error}".splitlines()[0]
         return row
@@ -321,6 +337,147 @@ def write_chart(rows: list[Row], path: str) -> bool:
     return True
 
 
+
+# --- docs/benchmarks.md, written from the results ------------------------------------------------
+
+@dataclass(frozen=True)
+class Goal:
+    key: str
+    text: str
+    numerator: str  # the variant that must be slower (torch), divided by
+    denominator: str  # the Flax variant
+    target: float
+
+
+GOALS = (
+    Goal("eval", "Flax jit eval at least as fast as torch eager", "torch_eval", "flax_eval", 1.0),
+    Goal("compile", "Flax jit eval at least as fast as `torch.compile`", "compile_eval", "flax_eval", 1.0),
+    Goal("train", "Flax training step at least 2x faster than torch eager", "torch_train", "flax_train", 2.0),
+)
+# A CPU kernel is kept where it makes a module at least this much faster at one benchmark shape.
+KERNEL_GAIN = 1.10
+
+# One short, measured reason per (module, goal) miss; a miss without one says so.
+REASONS: dict[tuple[str, str], str] = {
+    **{(m, g): "a few full-size passes; XLA:CPU's single reductions and elementwise passes cost more "
+               "than torch's" for m in ("SE", "ECA", "SGE", "ShuffleAttention") for g in ("eval", "compile")},
+    **{(m, "train"): "a handful of full-size passes where a call's fixed cost weighs"
+       for m in ("SE", "ECA", "SGE", "ShuffleAttention", "CoordAttention")},
+    ("CBAM", "compile"): "torch.compile fuses the gate, pooling and residual into fewer passes",
+    ("CBAM", "eval"): "the 7x7 gate and the two channel reductions as separate XLA:CPU passes",
+    ("CoordAttention", "compile"): "directional pools and gates as separate passes",
+    ("PositionAttention", "eval"): "both frameworks are at the floor of their matrix products",
+    ("PositionAttention", "compile"): "both frameworks are at the floor of their matrix products",
+    ("PositionAttention", "train"): "the step's matrix products alone, at the fastest product rate measured "
+                                    "on this CPU, take longer than half of torch's step",
+    ("DualAttention", "train"): "its PositionAttention branch (see there)",
+    ("DualAttention", "eval"): "its PositionAttention branch (see there)",
+    ("DualAttention", "compile"): "its PositionAttention branch (see there)",
+    **{("CrissCrossAttention", g): "fresh pages of its temporaries on every call, and its small batched "
+                                   "products" for g in ("eval", "compile", "train")},
+    **{(m, g): "XLA:CPU's YNNPACK convolutions (attn_flax.compiler_options() swaps them for XLA's own)"
+       for m in ("BAM", "GAM") for g in ("eval", "compile", "train")},
+    **{(m, g): "small projections and reductions where torch's fused kernels win"
+       for m in ("ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention") for g in ("compile",)},
+}
+
+METHOD = """\
+`python -m parity bench [--modules ...] [--shapes NxCxHxW ...] [--reps N] [--burst K]
+[--settle-ms S] [--compiler-options none|attn_flax]` times, in one process and interleaved:
+attn_flax under `jax.jit` with the CPU kernels (`flax_*`) and with the plain formulation
+(`plain_*`, traced with `set_cpu_kernels(False)`), each as eval forward and as training step
+(parameter and input gradients, BatchNorm update); attn_torch eager and under `torch.compile`
+(compile time apart); and R, one read plus one write of the input (`copy_`). Each round runs
+every variant back to back: untimed calls for at least S ms (default 50), then K timed calls
+(default 2), so that each framework is timed in its steady state. Cells are medians with half
+the interquartile range, in ms. Ratios above 1 favour the Flax variant in the denominator."""
+
+
+def _kernel_rows(rows: list[Row]) -> dict[str, list[tuple[Row, float | None, float | None]]]:
+    """kernel -> [(row, eval gain, train gain)] over the rows whose module calls it: the time
+    without that kernel (the plain form where it is the module's only one) over the time with all."""
+    table: dict[str, list[tuple[Row, float | None, float | None]]] = {}
+    for r in rows:
+        if r.error:
+            continue
+        for kernel in r.kernels:
+            without = "plain" if len(r.kernels) == 1 else f"without:{kernel}"
+            table.setdefault(kernel, []).append((r, r.ratio(f"{without}_eval", "flax_eval"),
+                                                 r.ratio(f"{without}_train", "flax_train")))
+    return table
+
+
+def kept_kernels(rows: list[Row]) -> dict[str, bool]:
+    """Each kernel benchmarked: kept when it gains at least ``KERNEL_GAIN`` somewhere."""
+    return {kernel: any((e or 0) >= KERNEL_GAIN or (t or 0) >= KERNEL_GAIN for _, e, t in entries)
+            for kernel, entries in _kernel_rows(rows).items()}
+
+
+def markdown(rows: list[Row], env: dict[str, str], reps: int, burst: int) -> str:
+    shape_of = lambda r: "x".join(map(str, r.shape))  # noqa: E731
+    good = [r for r in rows if not r.error]
+    lines = ["# Benchmarks", "",
+             "Generated by `python -m parity bench --markdown docs/benchmarks.md` from the run's results "
+             "(`--from-json` rewrites it from a saved run); edit `parity/bench.py`, not this page.", "",
+             "## Method", "", METHOD, "",
+             "## Current table", "",
+             f"JAX backend {env.get('jax_backend')} ({env.get('jax_device')}), jax {env.get('jax')}, "
+             f"torch {env.get('torch')} with {env.get('torch_threads')} threads, {env.get('cpu_count')} CPUs "
+             f"({env.get('machine')}), {reps} rounds of {burst} timed calls; float32. "
+             "A ratio on a shared 2-core VM moves by up to 40% between runs.", ""]
+    columns = [*VARIANTS, "plain/flax eval", "plain/flax train", "torch/flax eval", "compile/flax eval",
+               "torch/flax train"]
+    lines.append("| module | shape | " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * (len(columns) + 2))
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.module} | {shape_of(r)} | {r.error} |" + " |" * (len(columns) - 1))
+            continue
+        cells = [str(r.timings[v]) if v in r.timings else "-" for v in VARIANTS]
+        ratios = [_fmt_ratio(r.ratio(a, b)) for a, b in (("plain_eval", "flax_eval"), ("plain_train", "flax_train"),
+                  ("torch_eval", "flax_eval"), ("compile_eval", "flax_eval"), ("torch_train", "flax_train"))]
+        lines.append(f"| {r.module} | {shape_of(r)} | " + " | ".join(cells + ratios) + " |")
+    lines += ["", "## CPU kernels", "",
+              f"Each kernel of `attn_flax/cpu_kernels.py` stays where it makes a module at least "
+              f"{KERNEL_GAIN:.2f}x faster at one benchmark shape (eval or training step). The ratios are the "
+              "module's time without the kernel (the plain form of that one operation) over its time with "
+              "every kernel.", ""]
+    kept = kept_kernels(good)
+    for kernel, entries in sorted(_kernel_rows(good).items()):
+        gains = ", ".join(f"{r.module} {shape_of(r)} eval {_fmt_ratio(e)}, train {_fmt_ratio(t)}"
+                          for r, e, t in entries)
+        lines.append(f"- `{kernel}`: {'kept' if kept[kernel] else 'no gain of ' + format(KERNEL_GAIN, '.2f') + 'x'}"
+                     f" ({gains})")
+    lines += ["", "## Goals", ""]
+    for goal in GOALS:
+        met, missed = [], []
+        for r in good:
+            ratio = r.ratio(goal.numerator, goal.denominator)
+            if ratio is None:
+                continue
+            (met if ratio >= goal.target else missed).append((r, ratio))
+        lines.append(f"- **{goal.text}** (ratio {goal.numerator}/{goal.denominator} >= {goal.target:g}). "
+                     f"Met {len(met)} of {len(met) + len(missed)}: "
+                     + (", ".join(f"{r.module} {shape_of(r)} ({ratio:.2f})" for r, ratio in met) or "none") + ".")
+        for r, ratio in missed:
+            reason = REASONS.get((r.module, goal.key), "no measured reason recorded yet")
+            lines.append(f"  - missed: {r.module} {shape_of(r)} ({ratio:.2f}): {reason}")
+    lines += ["", "On CPU, an allocator that keeps its memory (e.g. `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 "
+              "MALLOC_TRIM_THRESHOLD_=68719476736`, or tcmalloc or jemalloc) removes the page faults that "
+              "XLA:CPU's large temporaries otherwise take on every call; a library cannot set it for its user.", ""]
+    return "\n".join(lines)
+
+
+def rows_from_json(path: str) -> tuple[list[Row], dict]:
+    with open(path) as f:
+        data = json.load(f)
+    rows = []
+    for raw in data["rows"]:
+        timings = {k: Timing(**v) for k, v in raw.pop("timings").items()}
+        rows.append(Row(**{**raw, "shape": tuple(raw["shape"]), "timings": timings}))
+    return rows, data
+
+
 def main(argv: list[str] | None = None) -> int:
     from parity.registry import SPECS
 
@@ -342,7 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--json", default="bench_results/bench.json", help="where to write the JSON results")
     parser.add_argument("--png", default="bench_results/bench.png", help="chart (needs matplotlib)")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the benchmark page (docs/benchmarks.md)")
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="run nothing: write --markdown from a saved --json of an earlier run")
     args = parser.parse_args(argv)
+    if args.from_json:
+        if not args.markdown:
+            parser.error("--from-json needs --markdown PATH")
+        rows, data = rows_from_json(args.from_json)
+        with open(args.markdown, "w") as f:
+            f.write(markdown(rows, data["environment"], data["reps"], data["burst"]))
+        print(f"wrote {args.markdown}", file=sys.stderr)
+        return 0
     if args.burst < 1:
         parser.error(f"--burst must be at least 1 (timed calls per variant per round), got {args.burst}")
     if args.settle_ms < 0:
@@ -372,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"environment": env, "dtype": args.dtype, "reps": args.reps, "burst": args.burst, "settle_ms": args.settle_ms,
                    "compiler_options": options,
                    "rows": [asdict(r) for r in rows]}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(rows, env, args.reps, args.burst))
     charted = write_chart(rows, args.png)
     print(f"wrote {args.json}" + (f" and {args.png}" if charted else " (no matplotlib: no chart)"), file=sys.stderr)
     return 1 if any(r.error for r in rows) else 0

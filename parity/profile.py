@@ -53,7 +53,7 @@ def profile(name: str, shape: tuple[int, int, int, int], variant: str, calls: in
 
     if calls < 1:
         raise ValueError(f"`calls` must be at least 1, got {calls}")
-    variants, _ = _variants(name, shape, dtype, compile_torch=False, compiler_options=compiler_options)
+    variants, _, _ = _variants(name, shape, dtype, compile_torch=False, compiler_options=compiler_options)
     fn = variants[variant]
     for _ in range(warmup):
         fn()

@@ -42,6 +42,17 @@ def test_switch_as_a_call_and_as_a_context_manager():
         attn_flax.set_cpu_kernels("no")
 
 
+def test_one_kernel_at_a_time():
+    with attn_flax.set_cpu_kernels(False, kernels=("map_images",)):
+        assert attn_flax.cpu_kernels_enabled() and not attn_flax.cpu_kernels_enabled("map_images")
+        assert attn_flax.cpu_kernels_enabled("conv_general_dilated")
+        module = attn_flax.PositionAttention(16, rngs=nnx.Rngs(0))
+        assert cpu_kernels.kernels_used(lambda v: module(v), jnp.ones((2, 4, 4, 16))) == {"conv_general_dilated"}
+    assert attn_flax.cpu_kernels_enabled("map_images")
+    with pytest.raises(ValueError, match="unknown CPU kernel 'nope'; the kernels are: conv_general_dilated"):
+        attn_flax.set_cpu_kernels(False, kernels=("nope",))
+
+
 @pytest.mark.parametrize("value, enabled", [("0", False), ("off", False), ("1", True), ("", True)])
 def test_environment_variable(value, enabled):
     env = {**os.environ, cpu_kernels.ENV_VAR: value, "JAX_PLATFORMS": "cpu"}
@@ -64,24 +75,12 @@ MODULES = sorted(SPECS)
 
 
 def _kernels_used(name: str) -> set[str]:
-    """The kernels that the module's eval forward calls, recorded while it is traced."""
+    """The kernels that the module's eval forward calls."""
     spec = SPECS[name]
     module = attn_flax.MODULES[name](**spec.kwargs_for(spec.cases[0]), rngs=nnx.Rngs(0))
     module.eval()
     n, c, h, w = spec.cases[0].shape
-    used = set()
-    original = cpu_kernels._platform_dependent
-
-    def record(kernel, args, cpu, plain):
-        used.add(kernel)
-        return original(kernel, args, cpu, plain)
-
-    cpu_kernels._platform_dependent = record
-    try:
-        jax.make_jaxpr(lambda v: module(v))(jnp.ones((n, h, w, c)))
-    finally:
-        cpu_kernels._platform_dependent = original
-    return used
+    return cpu_kernels.kernels_used(lambda v: module(v), jnp.ones((n, h, w, c)))
 
 
 USAGE = {name: _kernels_used(name) for name in MODULES}
