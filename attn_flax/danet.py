@@ -99,7 +99,7 @@ class PositionAttention(nnx.Module):
     (:func:`attend_image_blockwise`)
     never holds it: forward + backward at 8x64x112x112 under ``jax.jit``, where one
     copy of the matrix is 5 GB, peaks at 0.74-0.76 GB resident for the whole process,
-    0.22-0.24 GB above its size before the step (``python -m parity.memory``, CPU). The two agree
+    0.22-0.24 GB above its size before the step (``python -m parity.devtools.memory``, CPU). The two agree
     within the float32 parity tolerance. The softmax runs in float32 whatever ``dtype`` is.
 
     Args:

@@ -27,7 +27,7 @@ Dtype convention (every ``attn_flax`` module follows it):
   float32 batch statistics, whatever ``dtype`` and ``param_dtype`` are.
 
 The bfloat16 errors against the float32 torch modules are measured by
-``python -m parity report`` (tolerances in ``parity/tolerances.py``, ``BF16``).
+``python -m parity report`` (tolerances in ``parity/verify/tolerances.py``, ``BF16``).
 """
 
 from __future__ import annotations

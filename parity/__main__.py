@@ -9,11 +9,11 @@ def main() -> int:
 
         entry(sys.argv[2:])
     commands = {
-        "report": "parity.report",
-        "bench": "parity.bench",
-        "profile": "parity.profile",
-        "train": "parity.training",
-        "memory": "parity.memory",
+        "report": "parity.verify.report",
+        "bench": "parity.devtools.bench",
+        "profile": "parity.devtools.profile",
+        "train": "parity.devtools.training",
+        "memory": "parity.devtools.memory",
     }
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(f"usage: python -m parity {{{','.join(['convert', *commands])}}} [options]", file=sys.stderr)

@@ -3,7 +3,7 @@ import os
 # Tests run on the CPU with one device unless a test starts its own subprocess.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from parity.xla_cache import enable_compilation_cache  # noqa: E402
+from parity.verify.xla_cache import enable_compilation_cache  # noqa: E402
 
 # The parity report compiles the same programs: reuse them.
 enable_compilation_cache()

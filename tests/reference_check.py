@@ -3,7 +3,7 @@ into ours and both compute the same output and BatchNorm statistics."""
 
 import torch
 
-from parity.harness import randomize_
+from parity.verify.harness import randomize_
 
 
 def assert_agrees_with_reference(reference: torch.nn.Module, ours: torch.nn.Module, shape, training: bool) -> None:

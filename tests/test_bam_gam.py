@@ -12,7 +12,7 @@ from flax import nnx
 import attn_flax
 import attn_torch
 from parity.convert import state_dict, to_flax
-from parity.harness import randomize_
+from parity.verify.harness import randomize_
 from reference_check import assert_agrees_with_reference
 
 BATCH_1_TRAINING = "BAM in training mode needs more than one value per channel"

@@ -8,7 +8,7 @@ from flax import nnx
 
 import parity
 from attn_flax.layers import BatchNorm
-from parity.harness import randomize_
+from parity.verify.harness import randomize_
 
 import attn_torch
 

@@ -5,13 +5,15 @@ import time
 
 import pytest
 
-from parity import bench
+from parity.devtools import bench
 
 
 def test_bench_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
+    page = tmp_path / "benchmarks.md"
     code = bench.main(["--modules", "SE", "CoordAttention", "--shapes", "2x16x5x7", "--reps", "2",
-                       "--warmup", "1", "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")])
+                       "--warmup", "1", "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png"),
+                       "--markdown", str(page)])
     assert code == 0
     data = json.loads(out.read_text())
     assert data["environment"]["jax_backend"] == "cpu"
@@ -19,10 +21,17 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
     assert set(rows) == {"SE", "CoordAttention"}
     for row in rows.values():
         assert row["error"] is None
-        assert set(row["timings"]) == {"flax_eval", "torch_eval", "flax_train", "torch_train", "R"}
+        assert set(row["timings"]) == {"flax_eval", "plain_eval", "torch_eval", "flax_train", "plain_train", "torch_train", "R"}
         assert all(t["median_ms"] > 0 for t in row["timings"].values())
     printed = capsys.readouterr().out
     assert "torch/flax eval" in printed and "CoordAttention" in printed
+    text = page.read_text()
+    assert "## CPU kernels" in text and "`conv_general_dilated`" in text  # CoordAttention's 1x1 convolutions
+    assert "| CoordAttention | 2x16x5x7 |" in text and "## Goals" in text
+    assert rows["CoordAttention"]["kernels"] == ["conv_general_dilated"] and rows["SE"]["kernels"] == []
+    again = tmp_path / "again.md"
+    assert bench.main(["--from-json", str(out), "--markdown", str(again)]) == 0
+    assert again.read_text() == text
 
 
 def test_bench_with_torch_compile(tmp_path):
@@ -83,7 +92,7 @@ def test_settle_calls_until_the_time_has_passed_and_at_least_once():
 
 
 def test_profile_lists_the_compiled_ops_by_time(tmp_path, capsys):
-    from parity import profile
+    from parity.devtools import profile
 
     code = profile.main(["SE", "--shape", "2x16x4x4", "--calls", "2", "--warmup", "1", "--trace-dir", str(tmp_path)])
     out = capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Mixed precision: attn_flax with ``dtype=jnp.bfloat16`` and attn_torch under CPU autocast.
 
 Every registered module, first registry case: bf16 output dtype (Flax), finite
-values and errors within ``parity.tolerances.BF16`` of the float32 torch module;
+values and errors within ``parity.verify.tolerances.BF16`` of the float32 torch module;
 finite gradients and float32 BatchNorm statistics in a bf16 training step; every
 softmax and normalisation statistic computed in float32 (the convention in
 ``attn_flax/layers.py``).
@@ -22,11 +22,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import attn_flax
 import attn_torch
 from attn_flax.layers import BatchNorm
-from parity import report
+from parity.verify import report
 from parity.convert import state_dict, to_flax
-from parity.harness import BF16_CHECKS, BF16_RUNS, nchw, nhwc, randomize_, relative_error, run_bf16, torch_step
-from parity.registry import SPECS
-from parity.tolerances import BF16, Bf16Tolerance
+from parity.verify.harness import BF16_CHECKS, BF16_RUNS, nchw, nhwc, randomize_, relative_error, run_bf16, torch_step
+from parity.verify.registry import SPECS
+from parity.verify.tolerances import BF16, Bf16Tolerance
 
 NAMES = list(SPECS)
 # ResNet's registry case is slow to compile (a ResNet-18 forward and backward);

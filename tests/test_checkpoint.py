@@ -14,8 +14,8 @@ import attn_torch
 import parity
 import parity.checkpoint as checkpoint
 from parity.checkpoint import CheckpointError, build_flax, flax_variables, read_flax, read_torch
-from parity.harness import nhwc, randomize_
-from parity.registry import SPECS
+from parity.verify.harness import nhwc, randomize_
+from parity.verify.registry import SPECS
 
 # BatchNorm (CoordAttention), ChannelParam + GroupNorm (ShuffleAttention, SGE), Conv1d (ECA),
 # nnx.Sequential (SE, CBAM).

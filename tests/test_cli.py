@@ -16,9 +16,9 @@ import attn_torch
 import parity
 from parity.checkpoint import build_flax
 from parity.convert_cli import main, parse_value
-from parity.harness import compare, nhwc, randomize_
-from parity.registry import SPECS
-from parity.tolerances import tolerance
+from parity.verify.harness import compare, nhwc, randomize_
+from parity.verify.registry import SPECS
+from parity.verify.tolerances import tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 
 import attn_flax
 from attn_flax import cpu_kernels as compiler
-from parity.tolerances import tolerance
+from parity.verify.tolerances import tolerance
 
 
 def _conv(x, w):  # large enough (32 channels) for XLA:CPU to hand it to YNNPACK by default

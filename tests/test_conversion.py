@@ -8,8 +8,8 @@ from flax import nnx
 import attn_flax
 import attn_torch
 import parity
-from parity.harness import randomize_
-from parity.registry import SPECS
+from parity.verify.harness import randomize_
+from parity.verify.registry import SPECS
 
 NAMES = sorted(SPECS)
 

@@ -25,7 +25,7 @@ import parity
 import parity.checkpoint as checkpoint
 from parity.checkpoint import CheckpointError, read_torch
 from parity.convert_cli import main
-from parity.harness import randomize_
+from parity.verify.harness import randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
 SE_ARGS = ["--model", "SE", "--arg", "channels=32", "--arg", "reduction=4"]

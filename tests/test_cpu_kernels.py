@@ -21,8 +21,8 @@ import torch
 import attn_flax
 import attn_torch
 from attn_flax import cpu_kernels
-from parity.harness import run_case
-from parity.registry import SPECS
+from parity.verify.harness import run_case
+from parity.verify.registry import SPECS
 
 
 def test_switch_as_a_call_and_as_a_context_manager():

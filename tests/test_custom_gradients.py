@@ -19,8 +19,8 @@ from flax import nnx
 
 import attn_flax
 from attn_flax.cpu_kernels import _evaluated_as
-from parity.registry import SPECS
-from parity.tolerances import tolerance
+from parity.verify.registry import SPECS
+from parity.verify.tolerances import tolerance
 
 ATOL = 1e-10  # float64: both sides are exact up to rounding
 

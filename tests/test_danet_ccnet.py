@@ -21,11 +21,11 @@ import attn_torch
 from attn_common import tables
 from attn_flax import danet as flax_danet
 from attn_torch import danet as torch_danet
-from parity import memory
+from parity.devtools import memory
 from parity.convert import to_flax
-from parity.harness import compare, flax_step, nchw, nhwc, randomize_, relative_error, run_case, torch_step
-from parity.registry import SPECS, Case
-from parity.tolerances import BF16, tolerance
+from parity.verify.harness import compare, flax_step, nchw, nhwc, randomize_, relative_error, run_case, torch_step
+from parity.verify.registry import SPECS, Case
+from parity.verify.tolerances import BF16, tolerance
 
 DANET = ("PositionAttention", "ChannelAttention", "DualAttention")
 QUERY_KEY = ("PositionAttention", "DualAttention", "CrissCrossAttention")
@@ -168,7 +168,7 @@ def test_input_rank_and_channels_are_checked(name):
 def test_key_bias_gradient_vanishes():
     """``key_conv.bias`` shifts each softmax row by a constant; its gradient is exactly 0.
 
-    This is why the float32 parity of that gradient compares noise (parity/tolerances.py).
+    This is why the float32 parity of that gradient compares noise (parity/verify/tolerances.py).
     """
     for name in ("PositionAttention", "CrissCrossAttention"):
         module = randomize_(attn_torch.MODULES[name](16), seed=4).double()

@@ -5,9 +5,9 @@ import pytest
 
 import attn_flax
 from attn_flax.layers import BatchNorm
-from parity.harness import compare, run_case
-from parity.registry import SPECS
-from parity.tolerances import Tolerance
+from parity.verify.harness import compare, run_case
+from parity.verify.registry import SPECS
+from parity.verify.tolerances import Tolerance
 
 TOL = Tolerance(rtol=1e-5, atol=1e-5)
 

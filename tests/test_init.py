@@ -8,7 +8,7 @@ from flax import nnx
 import attn_flax
 import attn_torch
 import parity
-from parity.registry import SPECS
+from parity.verify.registry import SPECS
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

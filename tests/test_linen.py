@@ -14,9 +14,9 @@ import parity
 from attn_flax import linen as attn_linen
 from parity.checkpoint import build_flax
 from parity.convert_cli import main as convert
-from parity.harness import compare, nhwc, randomize_
-from parity.registry import SPECS
-from parity.tolerances import tolerance
+from parity.verify.harness import compare, nhwc, randomize_
+from parity.verify.registry import SPECS
+from parity.verify.tolerances import tolerance
 
 NAMES = sorted(name for name in SPECS if name != "ResNet")  # ResNet: from a checkpoint, below
 

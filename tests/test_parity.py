@@ -4,8 +4,8 @@ import pytest
 
 import attn_flax
 import attn_torch
-from parity.harness import CHECKS, run_case
-from parity.registry import SPECS
+from parity.verify.harness import CHECKS, run_case
+from parity.verify.registry import SPECS
 
 CASES = [(spec, case) for spec in SPECS.values() for case in spec.cases]
 

@@ -94,7 +94,7 @@ def test_polarized_reassociation_keeps_the_reference_gradients(name, factory):
     """attn_torch reduces before projecting (see its docstring): in float64 its input and
     parameter gradients equal the reference's to rounding, with a mean offset in the input so
     a bias term dropped from the reassociation would show."""
-    from parity.harness import randomize_
+    from parity.verify.harness import randomize_
 
     reference = randomize_(factory(), seed=2).double()
     ours = attn_torch.MODULES[name](64).double()

@@ -17,8 +17,8 @@ import attn_torch
 import parity
 from attn_common import eca_kernel_size
 from parity.checkpoint import build_flax
-from parity.harness import compare, nhwc, randomize_
-from parity.tolerances import tolerance
+from parity.verify.harness import compare, nhwc, randomize_
+from parity.verify.tolerances import tolerance
 
 # torchvision resnet18, module by module: (name, kind, shape of its weight).
 TORCHVISION_RESNET18 = """

@@ -2,7 +2,7 @@
 
 The step runs in a subprocess with 8 simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``), so this test process
-keeps its single device. ``parity.training.data_parallel_check`` shards the
+keeps its single device. ``parity.devtools.training.data_parallel_check`` shards the
 batch with ``NamedSharding(mesh, P("data"))``, replicates the model and the
 optimizer state, and compares loss, logits, gradients, updated parameters and
 BatchNorm buffers with the same step on one device: BatchNorm's batch mean is a
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 import attn_torch
-from parity.registry import SPECS
-from parity.tolerances import training_tolerance
-from parity.training import is_network
+from parity.verify.registry import SPECS
+from parity.verify.tolerances import training_tolerance
+from parity.devtools.training import is_network
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = 8
@@ -41,7 +41,7 @@ MODULES = [next(n for n in _BLOCKS if _has_batchnorm(n)), next(n for n in _BLOCK
 SCRIPT = """
 import json, sys
 import jax
-from parity.training import data_parallel_check
+from parity.devtools.training import data_parallel_check
 out = {"devices": [d.platform for d in jax.devices()], "results": {}}
 for name in sys.argv[1:]:
     r = data_parallel_check(name, "sgd")

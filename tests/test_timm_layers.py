@@ -17,8 +17,8 @@ import attn_flax
 import attn_torch
 import parity
 from attn_common.timm import ATTN_KINDS
-from parity.harness import compare
-from parity.tolerances import tolerance
+from parity.verify.harness import compare
+from parity.verify.tolerances import tolerance
 from timm_goldens import load_goldens, recipe_input, recipe_state_dict
 
 META, ARRAYS = load_goldens()
@@ -200,8 +200,8 @@ OFF_GOLDEN = [
 
 @pytest.mark.parametrize("name,kwargs,shape", OFF_GOLDEN, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(OFF_GOLDEN)])
 def test_torch_and_flax_agree_off_the_goldens(name, kwargs, shape):
-    from parity.harness import run_case
-    from parity.registry import Case, Spec
+    from parity.verify.harness import run_case
+    from parity.verify.registry import Case, Spec
 
     result = run_case(Spec(name, kwargs, (Case(shape),)), Case(shape))
     assert {"eval", "train", "grad_input", "grad_param"} <= set(result.checks)
@@ -224,8 +224,8 @@ def test_attention_classes_cross_frameworks():
 
 @pytest.mark.parametrize("label", LABELS)
 def test_flax_bfloat16_close_to_timm(label):
-    from parity.harness import relative_error
-    from parity.tolerances import TIMM_LAYERS_BF16_FORWARD
+    from parity.verify.harness import relative_error
+    from parity.verify.tolerances import TIMM_LAYERS_BF16_FORWARD
 
     entry = _entry(label)
     module = attn_flax.create_attn(entry["create_attn"], **entry["kwargs"], dtype=jnp.bfloat16, rngs=nnx.Rngs(0))

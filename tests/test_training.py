@@ -1,7 +1,7 @@
 """Training parity: torch.optim and optax take the same steps from the same weights.
 
 Every registered attention block is trained for 5 steps in both frameworks
-(``parity.training``: conv stem, BatchNorm, the block, pool, linear head; BatchNorm
+(``parity.devtools.training``: conv stem, BatchNorm, the block, pool, linear head; BatchNorm
 in training mode; the Flax step under ``nnx.jit``) with SGD-momentum and AdamW.
 """
 
@@ -12,9 +12,9 @@ import optax
 import pytest
 import torch
 
-from parity.registry import SPECS
-from parity.tolerances import training_tolerance
-from parity.training import (
+from parity.verify.registry import SPECS
+from parity.verify.tolerances import training_tolerance
+from parity.devtools.training import (
     OPTIMIZERS,
     OptimizerPair,
     compare_training,

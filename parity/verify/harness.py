@@ -1,7 +1,7 @@
 """Prove that an ``attn_torch`` module and its ``attn_flax`` twin compute the same function.
 
-For one registry :class:`~parity.registry.Spec` and one
-:class:`~parity.registry.Case`, :func:`run_case` builds the torch module with
+For one registry :class:`~parity.verify.registry.Spec` and one
+:class:`~parity.verify.registry.Case`, :func:`run_case` builds the torch module with
 random weights and random BatchNorm statistics, converts it with
 :func:`parity.to_flax`, and compares with torch, for each mode of the case and
 for each Flax path (``plain``: the CPU kernels off; ``cpu_kernels``: on, see
@@ -39,8 +39,8 @@ from flax import nnx
 import attn_torch
 from attn_flax.cpu_kernels import set_cpu_kernels
 from parity.convert import state_dict, to_flax
-from parity.registry import Case, Spec
-from parity.tolerances import Bf16Tolerance, Tolerance, bf16_tolerance, tolerance
+from parity.verify.registry import Case, Spec
+from parity.verify.tolerances import Bf16Tolerance, Tolerance, bf16_tolerance, tolerance
 
 CHECKS = ("eval", "train", "grad_input", "grad_param", "bn_stats")
 PATHS = ("plain", "cpu_kernels")
@@ -183,7 +183,7 @@ def torch_step(module: torch.nn.Module, x: np.ndarray, cotangent: np.ndarray) ->
 def _flax_vjp(model: nnx.Module, inputs: jax.Array, cotangent: jax.Array) -> tuple[nnx.State, jax.Array, jax.Array]:
     """Output and the gradients of ``sum(output * cotangent)``, compiled as one program
     (a few XLA compilations per case instead of one per eager op; the persistent
-    cache of :mod:`parity.xla_cache` serves repeats)."""
+    cache of :mod:`parity.verify.xla_cache` serves repeats)."""
 
     def loss(model: nnx.Module, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
         out = model(inputs)

@@ -1,4 +1,4 @@
-"""``python -m parity.memory``: peak resident memory of DANet's position attention, forward + backward.
+"""``python -m parity.devtools.memory``: peak resident memory of DANet's position attention, forward + backward.
 
 Each (framework, path) runs in a fresh Python process that imports only its own
 framework, builds the module with random weights and a random input, takes one
@@ -13,9 +13,9 @@ Paths: ``blockwise`` (``memory_efficient=True``) and ``exact``
 alone would exceed ``--skip-exact-above`` GB is not started (the machine may not
 have the memory); its row says how large the matrix is.
 
-    python -m parity.memory                                  # 8x64x112x112, both frameworks
-    python -m parity.memory --shape 8x64x56x56 --paths blockwise exact
-    python -m parity.memory --module DualAttention --frameworks torch
+    python -m parity.devtools.memory                                  # 8x64x112x112, both frameworks
+    python -m parity.devtools.memory --shape 8x64x56x56 --paths blockwise exact
+    python -m parity.devtools.memory --module DualAttention --frameworks torch
 
 Exit code 1 when a run fails or a blockwise peak exceeds ``--limit-gb`` (default 2).
 """
@@ -31,6 +31,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+from parity.devtools import parse_shape
 
 FRAMEWORKS = ("torch", "flax")
 PATHS = {"blockwise": True, "exact": False}  # path -> memory_efficient
@@ -54,16 +56,6 @@ def peak_rss_bytes() -> int:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if platform.system() == "Darwin" else peak * 1024
-
-
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    try:
-        parts = tuple(int(p) for p in text.lower().split("x"))
-    except ValueError:
-        parts = ()
-    if len(parts) != 4 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"shape must be NxCxHxW with positive sizes, got {text!r}")
-    return parts  # type: ignore[return-value]
 
 
 def matrix_bytes(shape: tuple[int, int, int, int]) -> int:
@@ -152,7 +144,7 @@ class Run:
 
 
 def measure(framework: str, path: str, module_name: str, shape: tuple[int, int, int, int], timeout: float) -> Run:
-    command = [sys.executable, "-m", "parity.memory", "--child", framework, path,
+    command = [sys.executable, "-m", "parity.devtools.memory", "--child", framework, path,
                "--module", module_name, "--shape", "x".join(map(str, shape))]
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     try:
@@ -169,7 +161,7 @@ def measure(framework: str, path: str, module_name: str, shape: tuple[int, int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parity.memory", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m parity.devtools.memory", description=__doc__.split("\n")[0])
     parser.add_argument("--shape", type=parse_shape, default=(8, 64, 112, 112), help="NxCxHxW (default 8x64x112x112)")
     parser.add_argument("--module", choices=MODULES, default="PositionAttention")
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))

@@ -16,7 +16,7 @@ training mode:
 :func:`compare_update_rule` checks each optimizer pair alone on a shared gradient
 sequence; :func:`compare_training` checks the loss of every step, the final
 parameters and the final BatchNorm buffers (tolerances:
-``parity.tolerances.TRAINING``). Parameter elements whose gradient is zero in
+``parity.verify.tolerances.TRAINING``). Parameter elements whose gradient is zero in
 exact arithmetic are checked apart (:func:`gradient_free`): Adam turns their
 float32 rounding noise into full-size steps.
 
@@ -54,9 +54,9 @@ import attn_flax
 import attn_torch
 from attn_flax import layers
 from parity.convert import load_state_dict, state_dict
-from parity.harness import CheckResult, compare, nhwc, randomize_
-from parity.registry import SPECS
-from parity.tolerances import training_tolerance
+from parity.verify.harness import CheckResult, compare, nhwc, randomize_
+from parity.verify.registry import SPECS
+from parity.verify.tolerances import training_tolerance
 
 
 # -- the two models -----------------------------------------------------------
@@ -144,7 +144,7 @@ def build_models(
     initialisation); a whole classifier (:func:`is_network`, e.g. ``ResNet``) is
     trained as it is (its own initialisation), with its example's input channels
     and its own classes. With ``randomize`` an attention block gets random
-    weights and BatchNorm statistics (:func:`parity.harness.randomize_`), so
+    weights and BatchNorm statistics (:func:`parity.verify.harness.randomize_`), so
     gates that start at zero (DANet's and CCNet's ``gamma``, SGE's ``weight``)
     do not hide the branches behind them. Both models are in training mode.
     """
@@ -475,7 +475,7 @@ TRAINING_CHECKS = ("loss", "params", "bn_stats", "free_params", "free_bn_stats")
 """``loss``: every step's loss; ``params``: the final parameters (elements with a
 real gradient); ``bn_stats``: the final BatchNorm buffers; ``free_*``: the
 gradient-free elements (:func:`gradient_free`) and the buffer elements they feed
-(:func:`dependent_buffers`), with :func:`parity.tolerances.training_tolerance`'s
+(:func:`dependent_buffers`), with :func:`parity.verify.tolerances.training_tolerance`'s
 drift allowance."""
 
 

@@ -1,6 +1,6 @@
 """``python -m parity profile``: where a module's jitted Flax call spends its time, op by op.
 
-Runs the benchmark's ``flax_eval`` or ``flax_train`` callable (``parity.bench``) under
+Runs the benchmark's ``flax_eval`` or ``flax_train`` callable (``parity.devtools.bench``) under
 ``jax.profiler`` and prints, for each compiled XLA operation (fusion, dot, convolution,
 copy, ...), the time it ran summed over the runtime's threads, per call, largest first, with
 the wall time per call. This is how the slow pieces behind the benchmark's misses were
@@ -49,11 +49,11 @@ def profile(name: str, shape: tuple[int, int, int, int], variant: str, calls: in
     """Wall ms per call and the per-op times of ``variant`` (``flax_eval``/``flax_train``) of ``name``."""
     import jax
 
-    from parity.bench import _variants
+    from parity.devtools.bench import build_variants
 
     if calls < 1:
         raise ValueError(f"`calls` must be at least 1, got {calls}")
-    variants, _, _ = _variants(name, shape, dtype, compile_torch=False, compiler_options=compiler_options)
+    variants, _, _ = build_variants(name, shape, dtype, compile_torch=False, compiler_options=compiler_options)
     fn = variants[variant]
     for _ in range(warmup):
         fn()
@@ -69,8 +69,9 @@ def profile(name: str, shape: tuple[int, int, int, int], variant: str, calls: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from parity.bench import add_compiler_options_argument, compiler_options_for, parse_shape
-    from parity.registry import SPECS
+    from parity.devtools import parse_shape
+    from parity.devtools.bench import add_compiler_options_argument, compiler_options_for
+    from parity.verify.registry import SPECS
 
     benchable = [n for n, s in SPECS.items() if s.channels_arg is not None]
     parser = argparse.ArgumentParser(prog="python -m parity profile", description=__doc__,

@@ -36,10 +36,10 @@ def tolerance(module: str, check: str, dtype: str = "float32") -> Tolerance:
     return DEFAULT[dtype]
 
 
-# Training parity (parity.training, `python -m parity train`, tests/test_training.py,
+# Training parity (parity.devtools.training, `python -m parity train`, tests/test_training.py,
 # tests/test_sharding.py): (optimizer or "data_parallel", quantity) -> Tolerance, float32 on
 # CPU, judged like the parity checks (atol scaled by max(1, max|torch|)). Measured on the 14
-# attention blocks registered so far, in the tiny classifier of parity.training (loss ~2.3,
+# attention blocks registered so far, in the tiny classifier of parity.devtools.training (loss ~2.3,
 # parameters and statistics of order 1): "5 steps" is the test (batch 4, 8x8), "20 steps"
 # the command's default (batch 8).
 TRAINING: dict[tuple[str, str], Tolerance] = {
@@ -80,14 +80,14 @@ ADAM_STEP_ERROR = 1e-2
 # table above). Adam divides the noise by its own size and moves the element up to lr per step
 # with a random sign in each framework: nothing tighter than Adam's own step bound can be
 # promised, so Adam/AdamW's free_params and free_bn_stats get `drift` =
-# parity.training.adam_drift_bound (about 2 * lr * steps). Measured: at most 0.25 of it (BAM's
+# parity.devtools.training.adam_drift_bound (about 2 * lr * steps). Measured: at most 0.25 of it (BAM's
 # channel branch, AdamW, 5 steps), 0.26 (20 steps); the running means they feed 0.19.
 # The loss does not see these elements; `python -m parity train` lists them.
 def training_tolerance(
     optimizer: str, quantity: str, *, adam_travel: float = 0.0, drift: float | None = None
 ) -> Tolerance:
     """The tolerance for ``quantity`` after training with ``optimizer`` (a key of
-    ``parity.training.OPTIMIZERS``, or ``"data_parallel"``).
+    ``parity.devtools.training.OPTIMIZERS``, or ``"data_parallel"``).
 
     ``adam_travel``: ``lr * steps`` of an Adam-family run (widens params and bn_stats
     by ``ADAM_STEP_ERROR``); ``drift``: an absolute bound computed by the caller
@@ -112,7 +112,7 @@ class Bf16Tolerance:
 
 # bf16 has 8 significant bits: one rounding moves a value by up to u = 2^-8 = 3.9e-3 relative
 # and a rounded Gaussian tensor by 1.7e-3 normwise (measured). The error is judged
-# normwise (parity.harness.relative_error): a rounding that flips a ReLU or moves a max-pool's
+# normwise (parity.verify.harness.relative_error): a rounding that flips a ReLU or moves a max-pool's
 # argmax reroutes single gradient elements wholesale (elementwise max errors of 0.1 to 0.5
 # below), which says nothing about the precision of the rest. attn_flax rounds the input on
 # entry and every layer's output; autocast keeps the input and elementwise ops in float32 and
@@ -181,7 +181,7 @@ BF16: dict[str, Bf16Tolerance] = {
 def bf16_tolerance(module: str) -> Bf16Tolerance:
     """The bf16 tolerance of a registered module; every module has its own justified entry."""
     if module not in BF16:
-        raise KeyError(f"no bf16 tolerance for {module!r}: add a justified entry to parity.tolerances.BF16")
+        raise KeyError(f"no bf16 tolerance for {module!r}: add a justified entry to parity.verify.tolerances.BF16")
     return BF16[module]
 
 

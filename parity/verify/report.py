@@ -4,7 +4,7 @@ The float32 table compares attn_torch and attn_flax on every registry case. The
 bf16 table (skip it with ``--no-bf16``) runs the first case of each module in eval
 mode with attn_flax at ``dtype=jnp.bfloat16`` and attn_torch under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``, and gives each one's forward and
-input-gradient error against the float32 torch module (``parity.harness.run_bf16``).
+input-gradient error against the float32 torch module (``parity.verify.harness.run_bf16``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import argparse
 import sys
 import time
 
-from parity.harness import (
+from parity.verify.harness import (
     BF16_CHECKS, BF16_RUNS, CHECKS, PATHS, Bf16Result, CaseResult, CheckResult, merge, run_bf16, run_case,
 )
-from parity.registry import SPECS
+from parity.verify.registry import SPECS
 
 
 def _cell(check: CheckResult | None) -> str:
@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the bf16 table (attn_flax dtype=bfloat16 and torch autocast vs float32)")
     parser.add_argument("--no-cache", dest="cache", action="store_false",
                         help="compile every program afresh (default: reuse JAX's persistent cache, "
-                             "see parity.xla_cache)")
+                             "see parity.verify.xla_cache)")
     args = parser.parse_args(argv)
 
     import jax
 
-    from parity.xla_cache import enable_compilation_cache
+    from parity.verify.xla_cache import enable_compilation_cache
 
     cache = enable_compilation_cache() if args.cache else None
     print(f"parity report: torch vs flax, float32, JAX backend {jax.default_backend()}, "
