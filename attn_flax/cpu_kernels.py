@@ -331,15 +331,15 @@ def group_similarity(plain: Callable[[jax.Array, jax.Array], jax.Array], x: jax.
                      groups: int) -> jax.Array:
     """``plain(x, mean)`` = ``t[n, p, g] = sum_k x[n, p, g, k] * mean[n, g, k]``, ``x`` (N, P, C), ``mean`` (N, C).
 
-    CPU: one matrix product per sample with a block-diagonal ``(C, G)`` matrix, reading ``x``
-    once in its own layout.
+    CPU, when evaluated: one matrix product per sample with a block-diagonal ``(C, G)`` matrix,
+    reading ``x`` once in its own layout; ``plain`` when differentiated.
     """
     def block_product(x: jax.Array, mean: jax.Array) -> jax.Array:
         group_of_channel = jnp.repeat(jnp.eye(groups, dtype=mean.dtype), mean.shape[1] // groups, axis=0)
         return jax.lax.dot_general(x, mean[:, :, None] * group_of_channel, (((2,), (1,)), ((0,), (0,))),
                                    preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
 
-    return _on_cpu("group_similarity", plain, block_product, x, mean)
+    return _on_cpu("group_similarity", plain, _evaluated_as(block_product, plain, fast_primal=False), x, mean)
 
 
 def shuffle_attention(plain: Callable[..., jax.Array], x: jax.Array, params: tuple[jax.Array, ...],
@@ -347,7 +347,7 @@ def shuffle_attention(plain: Callable[..., jax.Array], x: jax.Array, params: tup
     """``plain(x, params)``: Shuffle Attention on ``(N, H, W, C)``; ``params`` are ``cweight, cbias,
     sweight, sbias, gn_scale, gn_bias``, each ``(C/2G,)``.
 
-    CPU: one gating pass with per-(N, C) coefficients. A channel-branch channel is gated by
+    CPU, when evaluated: one gating pass with per-(N, C) coefficients; ``plain`` when differentiated. A channel-branch channel is gated by
     ``sigmoid(cweight * mean + cbias)``, a spatial-branch one by ``sigmoid(sweight * (gn_scale *
     (x - mean) * rstd + gn_bias) + sbias)``; both are ``sigmoid(slope * (x - centre) + offset)``.
     The channel shuffle is an interleave of the two gated halves.
@@ -373,7 +373,7 @@ def shuffle_attention(plain: Callable[..., jax.Array], x: jax.Array, params: tup
 
         return jnp.stack([gated(slice(0, half)), gated(slice(half, None))], axis=-1).reshape(x.shape)
 
-    return _on_cpu("shuffle_attention", plain, fused, x, params)
+    return _on_cpu("shuffle_attention", plain, _evaluated_as(fused, plain, fast_primal=False), x, params)
 
 
 # --- compiler options ----------------------------------------------------------------------------
