@@ -4,7 +4,7 @@ import pytest
 
 import attn_flax
 import attn_torch
-from parity.verify.harness import CHECKS, run_case
+from parity.verify.harness import CHECKS, PATHS, run_case
 from parity.verify.registry import SPECS
 
 CASES = [(spec, case) for spec in SPECS.values() for case in spec.cases]
@@ -22,6 +22,14 @@ def test_parity(spec, case):
     expected = {"grad_input", "grad_param", *case.modes}
     assert expected <= set(result.checks), f"checks not run: {expected - set(result.checks)}"
     assert result.passed, "\n".join(result.failures())
+    assert result.paths in (PATHS, ("plain",))
+
+
+def test_both_paths_run_where_a_module_calls_a_kernel():
+    spec = SPECS["CBAM"]
+    assert run_case(spec, spec.cases[0], modes=("eval",), calls=False).paths == PATHS
+    spec = SPECS["SE"]  # Linear layers only: one program either way
+    assert run_case(spec, spec.cases[0], modes=("eval",), calls=False).paths == ("plain",)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -37,7 +37,7 @@ import torch
 from flax import nnx
 
 import attn_torch
-from attn_flax.cpu_kernels import set_cpu_kernels
+from attn_flax.cpu_kernels import kernels_used, set_cpu_kernels
 from parity.convert import state_dict, to_flax
 from parity.verify.registry import Case, Spec
 from parity.verify.tolerances import Bf16Tolerance, Tolerance, bf16_tolerance, tolerance
@@ -69,6 +69,7 @@ class CaseResult:
     module: str
     case: str
     checks: dict[str, CheckResult] = field(default_factory=dict)
+    paths: tuple[str, ...] = ()  # the Flax paths compared
 
     @property
     def passed(self) -> bool:
@@ -216,12 +217,23 @@ def flax_calls(module: nnx.Module, x: np.ndarray) -> dict[str, np.ndarray]:
     return {"eager": nchw(eager), "jit": nchw(jitted)}
 
 
-def run_case(spec: Spec, case: Case, seed: int = 0, calls: bool = True, paths: tuple[str, ...] = PATHS,
+def flax_paths(torch_module: torch.nn.Module, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """Both paths where the module's Flax twin calls a CPU kernel; only ``plain`` where it calls
+    none (the two would trace the same program)."""
+    twin = to_flax(torch_module)
+    twin.eval()
+    n, c, h, w = shape
+    used = kernels_used(lambda v: twin(v), jnp.zeros((n, h, w, c), jnp.float32))
+    return PATHS if used else ("plain",)
+
+
+def run_case(spec: Spec, case: Case, seed: int = 0, calls: bool = True, paths: tuple[str, ...] | None = None,
              modes: tuple[str, ...] | None = None) -> CaseResult:
     """Run every check of one case and return the per-check results.
 
     ``calls=False`` leaves out the eager and jitted calls (the value under ``grad`` is
-    always compared); ``paths`` and ``modes`` select a subset (default: all).
+    always compared); ``paths`` and ``modes`` select a subset (default: every mode of the
+    case, and both paths where the module calls a CPU kernel, see :func:`flax_paths`).
     """
     torch.manual_seed(seed)
     torch_module = randomize_(attn_torch.MODULES[spec.name](**spec.kwargs_for(case)), seed)
@@ -233,6 +245,8 @@ def run_case(spec: Spec, case: Case, seed: int = 0, calls: bool = True, paths: t
     with torch.no_grad():
         out_shape = tuple(torch_module.eval()(torch.from_numpy(x)).shape)
     cotangent = rng.standard_normal(out_shape, dtype=np.float32)
+    paths = paths or flax_paths(torch_module, case.shape)
+    result.paths = paths
 
     def record(check: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> None:
         outcome = compare(check, ref, got, tolerance(spec.name, check), shared_scale=check == "grad_param")

@@ -83,7 +83,8 @@ def run(modules: list[str], seed: int = 0, quick: bool = False) -> tuple[str, li
             for check, value in outcome.checks.items():
                 merged[check] = merge(merged.get(check), value)
             status = "ok" if outcome.passed else "FAILED"
-            print(f"  {name} [{case.label}] {status} ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
+            print(f"  {name} [{case.label}] {status}, paths {'+'.join(outcome.paths)} "
+                  f"({time.perf_counter() - start:.1f}s)", file=sys.stderr)
         rows.append((name, len(cases), merged, all(c.passed for c in merged.values())))
     return format_table(rows), results
 
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = enable_compilation_cache() if args.cache else None
     print(f"parity report: torch vs flax, float32, JAX backend {jax.default_backend()}, "
-          f"Flax paths {' and '.join(PATHS)}, calls eager, jit and under grad"
+          f"Flax paths {' and '.join(PATHS)} (plain alone where a module calls no CPU kernel), "
+          f"calls eager, jit and under grad"
           f"{f', compilation cache {cache}' if cache else ''}", file=sys.stderr)
     table, results = run(args.modules, args.seed, args.quick)
     print("cells: max abs diff / max rel diff (|flax - torch| / (|torch| + atol floor)) over all cases")
