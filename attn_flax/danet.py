@@ -29,11 +29,7 @@ from attn_flax._registry import register
 from attn_flax import cpu_kernels
 from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype, stable_softmax
 
-# H * W from which ``memory_efficient=None`` picks the blockwise path: from there on it is as
-# fast as the exact path or faster in both frameworks (8x64x48x48, forward + backward, one CPU
-# thread: torch 0.40 s vs 0.91 s, Flax 1.0 s vs 1.4 s), and one image's matrix is 16 MiB.
-# The same number in attn_torch.danet and attn_flax.danet: both take the same path.
-from attn_common.tables import MEMORY_EFFICIENT_MIN_PIXELS  # noqa: E402
+from attn_common.tables import MEMORY_EFFICIENT_MIN_PIXELS
 # Energies per block of one image's queries in the blockwise path: block * HW <= this (32 MiB in float32).
 BLOCK_ENERGIES = 1 << 23
 
@@ -97,9 +93,7 @@ class PositionAttention(nnx.Module):
     the same function. The exact path builds each image's matrix and keeps it for the
     backward pass: memory grows as ``N (HW)^2``. The memory-efficient path
     (:func:`attend_image_blockwise`)
-    never holds it: forward + backward at 8x64x112x112 under ``jax.jit``, where one
-    copy of the matrix is 5 GB, peaks at 0.74-0.76 GB resident for the whole process,
-    0.22-0.24 GB above its size before the step (``python -m parity.devtools.memory``, CPU). The two agree
+    never holds it (peak memory measured in ``docs/memory.md``); the two agree
     within the float32 parity tolerance. The softmax runs in float32 whatever ``dtype`` is.
 
     Args:

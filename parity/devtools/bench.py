@@ -17,22 +17,19 @@ times after warm-up:
 Each round runs every variant back to back: first untimed, until at least
 ``settle_ms`` have passed since the switch (and at least one call), then ``burst``
 timed calls. On a small CPU the calls after switching framework compete with the
-other runtime's worker threads, which keep spinning for a while after their last op:
-measured here at 32x256x28x28, Flax SE took 5.8, 4.3, 3.0 ms in its first calls after
-a torch burst and settled at 1.4 ms only ~30 ms later (torch SE 3.6 -> 1.5 ms, R 1.9 ->
-0.95 ms). A user's loop runs one framework, so the steady state is the number that
-matters; ``--settle-ms 0`` keeps just the first call untimed.
+other runtime's worker threads, which keep spinning for a while after their last op; a
+user's loop runs one framework, so the steady state is the number that matters
+(``--settle-ms 0`` keeps just the first call untimed).
 
-Alongside the times it counts minor page faults per call (``ru_minflt``): fresh
-pages cost about 0.4 ms per MB here (two 25 MB buffers a call: 6.4 ms without
-faults, 24 ms with), so a variant whose buffers the C allocator hands back to the
-OS between calls pays for it on every call. The allocator, OpenMP and XLA
+Alongside the times it counts minor page faults per call (``ru_minflt``): a variant whose
+buffers the C allocator hands back to the OS between calls pays for fresh pages on every
+call. The allocator, OpenMP and XLA
 variables in the environment (``TIMING_ENVIRONMENT``) are recorded with the
 results (see the README's benchmark section).
 
-``--compiler-options attn_flax`` compiles both Flax variants with
-``attn_flax.compiler_options()`` (on CPU: XLA's own convolutions instead of YNNPACK's,
-2-2.5x faster for BAM's and GAM's); the default is ``jax.jit``'s own settings.
+``--compiler-options attn_flax`` compiles the Flax variants with
+``attn_flax.compiler_options()`` (on CPU: XLA's own convolutions instead of YNNPACK's); the
+default is ``jax.jit``'s own settings.
 
 Prints the median of N rounds with the interquartile spread, the ratios
 torch/Flax and Flax/R; writes JSON and, when matplotlib is installed, a PNG chart.
