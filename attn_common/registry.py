@@ -15,12 +15,18 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T", bound=type)
 
 
-def make_registry(framework_args: tuple[str, ...]) -> tuple[dict[str, type], Callable[[T], T]]:
-    """Return ``(MODULES, register)``; ``@register`` adds a class under its name."""
+def make_registry(framework_args: tuple[str, ...]) -> tuple[dict[str, type], Callable[..., Any]]:
+    """Return ``(MODULES, register)``; ``@register`` adds a class under its name.
+
+    ``@register(name="timm.ResNet")`` registers under another key (two families
+    with a class of the same name); the key is kept as ``cls.registry_name``.
+    """
     modules: dict[str, type] = {}
 
-    def register(cls: T) -> T:
-        name = cls.__name__
+    def register(cls: T | None = None, *, name: str | None = None) -> Any:
+        if cls is None:
+            return functools.partial(register, name=name)
+        name = name or cls.__name__
         if name in modules:
             raise ValueError(f"module name {name!r} is registered twice")
         init = cls.__init__
@@ -42,6 +48,7 @@ def make_registry(framework_args: tuple[str, ...]) -> tuple[dict[str, type], Cal
                 self.init_kwargs = recorded
 
         cls.__init__ = recording_init
+        cls.registry_name = name
         modules[name] = cls
         return cls
 

@@ -227,7 +227,7 @@ def registered_name(module: Any) -> str:
             f"{type(module).__name__} is not a registered attn_torch/attn_flax module "
             "(no recorded constructor arguments)"
         )
-    return type(module).__name__
+    return getattr(type(module), "registry_name", type(module).__name__)
 
 
 def is_training(module: nnx.Module) -> bool:
