@@ -198,3 +198,15 @@ def layer_spec(arg: str, layer: Any, choices: tuple[str, ...]) -> tuple[str, dic
         if key in choices:
             return key, kwargs
     raise ValueError(f"`{arg}`={layer!r} is not one of: {', '.join(choices)} (or its class)")
+
+
+def check_resnet_args(output_stride: int, stem_type: str, drop_block_rate: float, layers: Any,
+                      channels: Any) -> None:
+    if output_stride != 32:
+        raise ValueError(f"`output_stride`={output_stride!r}: only 32 is implemented (no dilated stages)")
+    if stem_type not in ("", "deep", "deep_tiered"):
+        raise ValueError(f"`stem_type`={stem_type!r} is not one of: '', deep, deep_tiered")
+    if drop_block_rate:
+        raise ValueError(f"`drop_block_rate`={drop_block_rate!r}: DropBlock is not implemented, use 0")
+    if len(layers) != len(channels):
+        raise ValueError(f"`layers`={list(layers)!r} and `channels`={list(channels)!r} differ in length")

@@ -20,5 +20,6 @@ from attn_flax.se import SE
 from attn_flax.sge import SGE
 from attn_flax.shuffle import ShuffleAttention
 from attn_flax.models import ResNet
+from attn_flax.timm import create_model, list_models
 
-__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "compiler_options"]
+__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "compiler_options", "create_model", "list_models"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_common.timm_models import layer_spec
+from attn_common.timm_models import check_resnet_args, layer_spec
 from attn_torch._registry import register
 
 
@@ -463,14 +463,3 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-
-def check_resnet_args(output_stride: int, stem_type: str, drop_block_rate: float, layers: Sequence[int],
-                      channels: Sequence[int]) -> None:
-    if output_stride != 32:
-        raise ValueError(f"`output_stride`={output_stride!r}: only 32 is implemented (no dilated stages)")
-    if stem_type not in ("", "deep", "deep_tiered"):
-        raise ValueError(f"`stem_type`={stem_type!r} is not one of: '', deep, deep_tiered")
-    if drop_block_rate:
-        raise ValueError(f"`drop_block_rate`={drop_block_rate!r}: DropBlock is not implemented, use 0")
-    if len(layers) != len(channels):
-        raise ValueError(f"`layers`={list(layers)!r} and `channels`={list(channels)!r} differ in length")
