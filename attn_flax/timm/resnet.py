@@ -352,8 +352,11 @@ class TimmClassifier(nnx.Module):
         pool_type = self.global_pool.pool_type if global_pool is None else global_pool
         pool, fc = create_classifier(self.num_features, num_classes, pool_type, dtype=self.dtype,
                                      param_dtype=self.param_dtype, rngs=rngs)
+        self._set_head(pool, fc)
+
+    def _set_head(self, pool: SelectAdaptivePool2d, fc: nnx.Linear | None) -> None:
         self.global_pool = pool
-        setattr(self, self._classifier, fc)
+        setattr(self, self._classifier, nnx.data(fc))  # data even when None: a later reset puts a Linear there
         self.head_hidden_size = self.num_features * pool.feat_mult()
 
     def forward_head(self, x: jax.Array, pre_logits: bool = False) -> jax.Array:
@@ -451,8 +454,7 @@ class ResNet(TimmClassifier):
             setattr(self, f"layer{stage_idx + 1}", nnx.Sequential(*stage))
 
         self.num_features = channels[-1] * block_fns[-1].expansion
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, global_pool, **factory)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self._set_head(*create_classifier(self.num_features, num_classes, global_pool, **factory))
         self.head_drop = nnx.Dropout(drop_rate, rngs=rngs) if drop_rate else None
         if zero_init_last:
             for m in (*self.layer1.layers, *self.layer2.layers, *self.layer3.layers, *self.layer4.layers):

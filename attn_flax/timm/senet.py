@@ -179,8 +179,7 @@ class SENet(TimmClassifier):
                                      kernel, padding, factory)
             setattr(self, f"layer{i + 1}", stage)
         self.num_features = 512 * block_cls.expansion
-        self.global_pool, self.last_linear = create_classifier(self.num_features, num_classes, global_pool, **factory)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self._set_head(*create_classifier(self.num_features, num_classes, global_pool, **factory))
         self.head_drop = nnx.Dropout(drop_rate, rngs=rngs) if drop_rate > 0 else None
 
     def _make_layer(self, block: Any, planes: int, blocks: int, groups: int, reduction: int, stride: int,
