@@ -188,7 +188,8 @@ class BasicBlock(nnx.Module):
                  cardinality: int = 1, base_width: int = 64, reduce_first: int = 1, dilation: int = 1,
                  first_dilation: int | None = None, act_layer: Any = "relu", norm_layer: Any = "batchnorm",
                  attn_layer: Any = None, aa_layer: Any = None, drop_block: Any = None,
-                 drop_path: nnx.Module | None = None, *, dtype: Dtype | None = None,
+                 drop_path: nnx.Module | None = None, widths: Sequence[int] | None = None,
+                 *, dtype: Dtype | None = None,
                  param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
         if cardinality != 1 or base_width != 64:
             raise ValueError(f"BasicBlock supports only `cardinality`=1 and `base_width`=64, got "
@@ -196,7 +197,9 @@ class BasicBlock(nnx.Module):
         factory = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), get_attn(attn_layer), get_aa_layer(aa_layer)
         first_planes = planes // reduce_first
-        outplanes = planes * self.expansion
+        attn_channels = outplanes = planes * self.expansion
+        if widths is not None:  # a pruned network: (conv1, conv2) output widths
+            first_planes, outplanes = widths[0], widths[-1]
         first_dilation = first_dilation or dilation
         use_aa = aa is not None and (stride == 2 or first_dilation != dilation)
         self.conv1 = Conv2d(inplanes, first_planes, 3, stride=1 if use_aa else stride, padding=first_dilation,
@@ -206,7 +209,7 @@ class BasicBlock(nnx.Module):
         self.aa = create_aa(aa, first_planes, stride, enable=use_aa, **factory)
         self.conv2 = Conv2d(first_planes, outplanes, 3, padding=dilation, dilation=dilation, bias=False, **factory)
         self.bn2 = norm(outplanes, **factory)
-        self.se = attn(outplanes, **factory) if attn is not None else None
+        self.se = attn(attn_channels, **factory) if attn is not None else None
         self.act2 = act
         self.downsample = downsample
         self.stride = stride
@@ -235,13 +238,16 @@ class Bottleneck(nnx.Module):
                  cardinality: int = 1, base_width: int = 64, reduce_first: int = 1, dilation: int = 1,
                  first_dilation: int | None = None, act_layer: Any = "relu", norm_layer: Any = "batchnorm",
                  attn_layer: Any = None, aa_layer: Any = None, drop_block: Any = None,
-                 drop_path: nnx.Module | None = None, *, dtype: Dtype | None = None,
+                 drop_path: nnx.Module | None = None, widths: Sequence[int] | None = None,
+                 *, dtype: Dtype | None = None,
                  param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
         factory = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), get_attn(attn_layer), get_aa_layer(aa_layer)
         width = int(math.floor(planes * (base_width / 64)) * cardinality)
         first_planes = width // reduce_first
-        outplanes = planes * self.expansion
+        attn_channels = outplanes = planes * self.expansion
+        if widths is not None:  # a pruned network: (conv1, conv2, conv3) output widths
+            first_planes, width, outplanes = widths
         first_dilation = first_dilation or dilation
         use_aa = aa is not None and (stride == 2 or first_dilation != dilation)
         self.conv1 = Conv2d(inplanes, first_planes, 1, bias=False, **factory)
@@ -254,7 +260,7 @@ class Bottleneck(nnx.Module):
         self.aa = create_aa(aa, width, stride, enable=use_aa, **factory)
         self.conv3 = Conv2d(width, outplanes, 1, bias=False, **factory)
         self.bn3 = norm(outplanes, **factory)
-        self.se = attn(outplanes, **factory) if attn is not None else None
+        self.se = attn(attn_channels, **factory) if attn is not None else None
         self.act3 = act
         self.downsample = downsample
         self.stride = stride
@@ -389,7 +395,8 @@ class ResNet(TimmClassifier):
                  channels: Sequence[int] = (64, 128, 256, 512), act_layer: Any = "relu",
                  norm_layer: Any = "batchnorm", aa_layer: Any = None, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, drop_block_rate: float = 0.0, zero_init_last: bool = True,
-                 block_args: dict[str, Any] | None = None, *, dtype: Dtype | None = None,
+                 block_args: dict[str, Any] | None = None, block_widths: Sequence[Sequence[Sequence[int]]] | None = None,
+                 *, dtype: Dtype | None = None,
                  param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
         check_resnet_args(output_stride, stem_type, drop_block_rate, layers, channels)
         factory = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
@@ -436,10 +443,12 @@ class ResNet(TimmClassifier):
         net_block_idx = 0
         for stage_idx, (block_fn, planes, num_blocks) in enumerate(zip(block_fns, channels, layers)):
             stride = 1 if stage_idx == 0 else 2
+            widths = block_widths[stage_idx] if block_widths else [None] * num_blocks
+            outplanes = widths[0][-1] if block_widths else planes * block_fn.expansion
             downsample = None
-            if stride != 1 or inplanes != planes * block_fn.expansion:
+            if stride != 1 or inplanes != outplanes:
                 down = downsample_avg if avg_down else downsample_conv
-                downsample = down(inplanes, planes * block_fn.expansion, down_kernel_size, stride,
+                downsample = down(inplanes, outplanes, down_kernel_size, stride,
                                   norm_layer=norm_layer, **factory)
             stage = []
             for block_idx in range(num_blocks):
@@ -448,12 +457,12 @@ class ResNet(TimmClassifier):
                     inplanes, planes, stride if block_idx == 0 else 1, downsample if block_idx == 0 else None,
                     cardinality=cardinality, base_width=base_width, reduce_first=block_reduce_first,
                     act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer,
-                    drop_path=drop_path(dpr, rngs), **block_args, **factory))
-                inplanes = planes * block_fn.expansion
+                    drop_path=drop_path(dpr, rngs), widths=widths[block_idx], **block_args, **factory))
+                inplanes = outplanes
                 net_block_idx += 1
             setattr(self, f"layer{stage_idx + 1}", nnx.Sequential(*stage))
 
-        self.num_features = channels[-1] * block_fns[-1].expansion
+        self.num_features = inplanes
         self._set_head(*create_classifier(self.num_features, num_classes, global_pool, **factory))
         self.head_drop = nnx.Dropout(drop_rate, rngs=rngs) if drop_rate else None
         if zero_init_last:

@@ -162,7 +162,8 @@ class BasicBlock(nn.Module):
                  cardinality: int = 1, base_width: int = 64, reduce_first: int = 1, dilation: int = 1,
                  first_dilation: int | None = None, act_layer: Any = "relu", norm_layer: Any = "batchnorm",
                  attn_layer: Any = None, aa_layer: Any = None, drop_block: Any = None,
-                 drop_path: nn.Module | None = None, device: Any = None, dtype: Any = None):
+                 drop_path: nn.Module | None = None, widths: Sequence[int] | None = None,
+                 device: Any = None, dtype: Any = None):
         super().__init__()
         if cardinality != 1 or base_width != 64:
             raise ValueError(f"BasicBlock supports only `cardinality`=1 and `base_width`=64, got "
@@ -170,7 +171,9 @@ class BasicBlock(nn.Module):
         dd = {"device": device, "dtype": dtype}
         act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), get_attn(attn_layer), get_aa_layer(aa_layer)
         first_planes = planes // reduce_first
-        outplanes = planes * self.expansion
+        attn_channels = outplanes = planes * self.expansion
+        if widths is not None:  # a pruned network: (conv1, conv2) output widths
+            first_planes, outplanes = widths[0], widths[-1]
         first_dilation = first_dilation or dilation
         use_aa = aa is not None and (stride == 2 or first_dilation != dilation)
         self.conv1 = nn.Conv2d(inplanes, first_planes, 3, stride=1 if use_aa else stride, padding=first_dilation,
@@ -181,7 +184,7 @@ class BasicBlock(nn.Module):
         self.aa = create_aa(aa, first_planes, stride, enable=use_aa, **dd)
         self.conv2 = nn.Conv2d(first_planes, outplanes, 3, padding=dilation, dilation=dilation, bias=False, **dd)
         self.bn2 = norm(outplanes, **dd)
-        self.se = attn(outplanes, **dd) if attn is not None else None
+        self.se = attn(attn_channels, **dd) if attn is not None else None
         self.act2 = act(inplace=True)
         self.downsample = downsample
         self.stride = stride
@@ -210,13 +213,16 @@ class Bottleneck(nn.Module):
                  cardinality: int = 1, base_width: int = 64, reduce_first: int = 1, dilation: int = 1,
                  first_dilation: int | None = None, act_layer: Any = "relu", norm_layer: Any = "batchnorm",
                  attn_layer: Any = None, aa_layer: Any = None, drop_block: Any = None,
-                 drop_path: nn.Module | None = None, device: Any = None, dtype: Any = None):
+                 drop_path: nn.Module | None = None, widths: Sequence[int] | None = None,
+                 device: Any = None, dtype: Any = None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), get_attn(attn_layer), get_aa_layer(aa_layer)
         width = int(math.floor(planes * (base_width / 64)) * cardinality)
         first_planes = width // reduce_first
-        outplanes = planes * self.expansion
+        attn_channels = outplanes = planes * self.expansion
+        if widths is not None:  # a pruned network: (conv1, conv2, conv3) output widths
+            first_planes, width, outplanes = widths
         first_dilation = first_dilation or dilation
         use_aa = aa is not None and (stride == 2 or first_dilation != dilation)
         self.conv1 = nn.Conv2d(inplanes, first_planes, 1, bias=False, **dd)
@@ -230,7 +236,7 @@ class Bottleneck(nn.Module):
         self.aa = create_aa(aa, width, stride, enable=use_aa, **dd)
         self.conv3 = nn.Conv2d(width, outplanes, 1, bias=False, **dd)
         self.bn3 = norm(outplanes, **dd)
-        self.se = attn(outplanes, **dd) if attn is not None else None
+        self.se = attn(attn_channels, **dd) if attn is not None else None
         self.act3 = act(inplace=True)
         self.downsample = downsample
         self.stride = stride
@@ -340,6 +346,8 @@ class ResNet(nn.Module):
         drop_rate: dropout before the classifier; drop_path_rate: stochastic depth, linear in depth.
         drop_block_rate: must be 0; zero_init_last: zero the last norm of each block at init.
         block_args: extra block arguments, e.g. ``{"attn_layer": "se"}``.
+        block_widths: per stage and block, the output widths of the block's convs, for the
+            pruned networks (timm builds them full-size, then resizes the layers from a file).
 
     Input ``(N, in_chans, H, W)``; output ``(N, num_classes)``. ``forward_features``
     gives ``(N, num_features, H/32, W/32)``, ``forward_head(x, pre_logits=False)`` the rest.
@@ -352,7 +360,8 @@ class ResNet(nn.Module):
                  channels: Sequence[int] = (64, 128, 256, 512), act_layer: Any = "relu",
                  norm_layer: Any = "batchnorm", aa_layer: Any = None, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, drop_block_rate: float = 0.0, zero_init_last: bool = True,
-                 block_args: dict[str, Any] | None = None, device: Any = None, dtype: Any = None):
+                 block_args: dict[str, Any] | None = None, block_widths: Sequence[Sequence[Sequence[int]]] | None = None,
+                 device: Any = None, dtype: Any = None):
         super().__init__()
         check_resnet_args(output_stride, stem_type, drop_block_rate, layers, channels)
         dd = {"device": device, "dtype": dtype}
@@ -400,10 +409,12 @@ class ResNet(nn.Module):
         for stage_idx, (block_fn, planes, num_blocks) in enumerate(zip(block_fns, channels, layers)):
             stride = 1 if stage_idx == 0 else 2
             net_stride *= stride
+            widths = block_widths[stage_idx] if block_widths else [None] * num_blocks
+            outplanes = widths[0][-1] if block_widths else planes * block_fn.expansion
             downsample = None
-            if stride != 1 or inplanes != planes * block_fn.expansion:
+            if stride != 1 or inplanes != outplanes:
                 down = downsample_avg if avg_down else downsample_conv
-                downsample = down(inplanes, planes * block_fn.expansion, down_kernel_size, stride,
+                downsample = down(inplanes, outplanes, down_kernel_size, stride,
                                   norm_layer=norm_layer, **dd)
             stage = []
             for block_idx in range(num_blocks):
@@ -412,13 +423,13 @@ class ResNet(nn.Module):
                     inplanes, planes, stride if block_idx == 0 else 1, downsample if block_idx == 0 else None,
                     cardinality=cardinality, base_width=base_width, reduce_first=block_reduce_first,
                     act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer,
-                    drop_path=DropPath(dpr) if dpr > 0 else None, **block_args, **dd))
-                inplanes = planes * block_fn.expansion
+                    drop_path=DropPath(dpr) if dpr > 0 else None, widths=widths[block_idx], **block_args, **dd))
+                inplanes = outplanes
                 net_block_idx += 1
             self.add_module(f"layer{stage_idx + 1}", nn.Sequential(*stage))
             self.feature_info.append(dict(num_chs=inplanes, reduction=net_stride, module=f"layer{stage_idx + 1}"))
 
-        self.num_features = channels[-1] * block_fns[-1].expansion
+        self.num_features = inplanes
         self.global_pool, self.fc = create_classifier(self.num_features, num_classes, global_pool, **dd)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
         self.init_weights(zero_init_last=zero_init_last)
