@@ -131,7 +131,7 @@ def flax_metadata(module: nnx.Module, extra: Mapping[str, str] | None = None) ->
         encoded = json.dumps(args)
     except TypeError as error:
         raise CheckpointError(f"the arguments of {type(module).__name__} cannot be stored as JSON: {error}") from None
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": type(module).__name__,
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": getattr(type(module), "registry_name", type(module).__name__),
             "args": encoded, **(extra or {})}
 
 
