@@ -18,14 +18,15 @@ T = TypeVar("T", bound=type)
 def make_registry(framework_args: tuple[str, ...]) -> tuple[dict[str, type], Callable[..., Any]]:
     """Return ``(MODULES, register)``; ``@register`` adds a class under its name.
 
-    ``@register(name="timm.ResNet")`` registers under another key (two families
-    with a class of the same name); the key is kept as ``cls.registry_name``.
+    ``@register(name="timm.ResNet")`` adds it under an explicit key instead (a family
+    prefix for a class whose name another family already uses); the key is kept as
+    the class attribute ``registry_name``, which the converter looks up.
     """
     modules: dict[str, type] = {}
 
     def register(cls: T | None = None, *, name: str | None = None) -> Any:
         if cls is None:
-            return functools.partial(register, name=name)
+            return lambda c: register(c, name=name)
         name = name or cls.__name__
         if name in modules:
             raise ValueError(f"module name {name!r} is registered twice")

@@ -124,15 +124,24 @@ def _flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _layer_by_name(value: Any) -> str:
+    """A layer class or function argument (``act_layer=nn.ReLU``) stored by name; both packages
+    resolve these names (activations, norms, registered modules) in either framework."""
+    name = getattr(value, "registry_name", None) or getattr(value, "__name__", None)
+    if not callable(value) or not isinstance(name, str):
+        raise TypeError(f"{value!r} is not JSON serializable")
+    return name
+
+
 def flax_metadata(module: nnx.Module, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The metadata recorded with a module's state: format, version, model name and arguments."""
     args = getattr(module, "init_kwargs", {})
     try:
-        encoded = json.dumps(args)
+        encoded = json.dumps(args, default=_layer_by_name)
     except TypeError as error:
         raise CheckpointError(f"the arguments of {type(module).__name__} cannot be stored as JSON: {error}") from None
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": getattr(type(module), "registry_name", type(module).__name__),
-            "args": encoded, **(extra or {})}
+    model = getattr(type(module), "registry_name", type(module).__name__)  # the registry key
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, "args": encoded, **(extra or {})}
 
 
 def check_flax_destination(path: PathLike) -> Path:

@@ -194,7 +194,8 @@ def flax_step(module: nnx.Module, x: np.ndarray, cotangent: np.ndarray, param_na
 
 
 def _buffers(module: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {n: b.numpy().copy() for n, b in module.named_buffers()}
+    persistent = module.state_dict()  # non-persistent buffers (a blur filter) are constants, not state
+    return {n: b.numpy().copy() for n, b in module.named_buffers() if n in persistent}
 
 
 def run_case(spec: Spec, case: Case, seed: int = 0, jit: bool = True) -> CaseResult:

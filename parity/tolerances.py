@@ -194,3 +194,11 @@ def bf16_tolerance(module: str) -> Bf16Tolerance:
     if module not in BF16:
         raise KeyError(f"no bf16 tolerance for {module!r}: add a justified entry to parity.tolerances.BF16")
     return BF16[module]
+
+
+# timm's attention layers (attn_*.timm), Flax with dtype=bfloat16 against timm's float32 goldens
+# (tests/test_timm_layers.py), eval and train, normwise: a few roundings on the longest path.
+# Measured on the 25 golden configurations: worst 9.1e-3 (BottleneckAttn: bf16 q/k logits plus
+# relative-position logits into a softmax), 7.8e-3 (HaloAttn), 7.5e-3 (BatNonLocalAttn, train),
+# the channel and spatial gates 3.2e-3 to 5.3e-3 (about one rounding u = 3.9e-3).
+TIMM_LAYERS_BF16_FORWARD = 2e-2

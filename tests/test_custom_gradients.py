@@ -128,7 +128,7 @@ def test_differentiated_as_evaluates_the_body_and_differentiates_the_reference()
 REVERSE_MODE_ONLY = {"CBAM", "ECA", "SGE", "ShuffleAttention"}  # custom_vjp inside; the README lists them
 
 
-@pytest.mark.parametrize("name", sorted(set(attn_flax.MODULES) - {"ResNet"}))
+@pytest.mark.parametrize("name", sorted(set(SPECS) - {"ResNet"}))  # the timm family: plain JAX
 def test_forward_mode_works_except_where_the_readme_says(name):
     module = attn_flax.MODULES[name](**SPECS[name].kwargs_at(16), rngs=nnx.Rngs(0))
     module.eval()

@@ -29,6 +29,8 @@ def test_public_names_match():
     flax_only = {"compiler_options"}  # XLA compiler options: nothing to match in torch
     assert sorted(attn_torch.__all__) == sorted(set(attn_flax.__all__) - flax_only)
     assert flax_only <= set(attn_flax.__all__)
-    for name in attn_torch.MODULES:
-        assert getattr(attn_torch, name) is attn_torch.MODULES[name]
-        assert getattr(attn_flax, name) is attn_flax.MODULES[name]
+    for name, cls in attn_torch.MODULES.items():
+        timm_family = ".timm." in cls.__module__  # exported from attn_torch.timm / attn_flax.timm
+        assert getattr(attn_torch.timm if timm_family else attn_torch, cls.__name__) is cls
+        flax_cls = attn_flax.MODULES[name]
+        assert getattr(attn_flax.timm if timm_family else attn_flax, flax_cls.__name__) is flax_cls

@@ -1,34 +1,34 @@
-"""timm 1.0.31's goldens for its ResNet family and attention layers (tests/data/timm, see its README).
-
-The weights are not stored: both timm (when the goldens were made) and the tests
-build them from the manifest with the NumPy recipe below, the same in any framework.
-"""
+"""The timm goldens in tests/data/timm (see its README) and the NumPy recipe that rebuilds
+their weights and inputs in any framework, without timm installed."""
 
 from __future__ import annotations
 
 import functools
 import json
 import math
+import pathlib
 import zlib
-from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-DATA = Path(__file__).parent / "data" / "timm"
+DATA = pathlib.Path(__file__).parent / "data" / "timm"
 
 
 @functools.lru_cache(maxsize=1)
 def load_goldens() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(meta, arrays)``: the JSON index (manifests, inputs) and the NumPy outputs by ``models/<name>/eval`` etc."""
+    """``(meta, arrays)``: the JSON (``layers``/``models`` entries) and the output arrays
+    keyed ``layers/<label>/eval`` etc. (NCHW outputs)."""
     meta = json.loads((DATA / "timm_goldens.json").read_text())
     with np.load(DATA / "timm_goldens.npz") as npz:
         arrays = {k: npz[k] for k in npz.files}
     return meta, arrays
 
 
-def recipe_state_dict(manifest: list[list[Any]]) -> dict[str, np.ndarray]:
-    """The recipe weights of a manifest (``[key, shape, dtype]`` rows): per key, ``default_rng(crc32(key))``."""
+def recipe_state_dict(manifest: Sequence[Sequence[Any]]) -> dict[str, np.ndarray]:
+    """The golden weights for a manifest ``[[key, shape, dtype], ...]``: per key,
+    ``default_rng(crc32(key))`` draws float32 (BatchNorm statistics too;
+    ``num_batches_tracked`` 0)."""
     out = {}
     for key, shape, dtype in manifest:
         rng = np.random.default_rng(zlib.crc32(key.encode()))
@@ -40,8 +40,7 @@ def recipe_state_dict(manifest: list[list[Any]]) -> dict[str, np.ndarray]:
         elif key.endswith("running_mean"):
             out[key] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
         elif len(shape) >= 2:
-            fan = max(1, int(np.prod(shape[1:])))
-            out[key] = (rng.standard_normal(shape) / math.sqrt(fan)).astype(np.float32)
+            out[key] = (rng.standard_normal(shape) / math.sqrt(max(1, int(np.prod(shape[1:]))))).astype(np.float32)
         elif key.endswith("weight"):
             out[key] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
@@ -49,6 +48,6 @@ def recipe_state_dict(manifest: list[list[Any]]) -> dict[str, np.ndarray]:
     return out
 
 
-def recipe_input(shape: tuple[int, ...] | list[int]) -> np.ndarray:
-    """The recipe input: ``default_rng(0).standard_normal(shape)``, float32, NCHW."""
+def recipe_input(shape: Sequence[int]) -> np.ndarray:
+    """The golden input: ``default_rng(0).standard_normal(shape)``, float32, NCHW."""
     return np.random.default_rng(0).standard_normal(tuple(shape)).astype(np.float32)
