@@ -159,12 +159,13 @@ def test_torch_classes_are_accepted_as_timm_passes_them():
     from attn_torch.timm import resnet as tr
 
     by_name = attn_torch.create_model("resnetrs50", aa_layer="avgpool")
+    se = partial(attn_torch.timm.SEModule, rd_ratio=0.25)
     by_class = tr.ResNet(tr.Bottleneck, [3, 4, 6, 3], stem_width=32, stem_type="deep", replace_stem_pool=True,
                          avg_down=True, act_layer=torch.nn.ReLU, norm_layer=torch.nn.BatchNorm2d,
-                         aa_layer=torch.nn.AvgPool2d, block_args={"attn_layer": partial(tr._SEModule, rd_ratio=0.25)})
+                         aa_layer=torch.nn.AvgPool2d, block_args={"attn_layer": se})
     assert [(k, v.shape) for k, v in by_name.state_dict().items()] == [
         (k, v.shape) for k, v in by_class.state_dict().items()]
-    with pytest.raises(ValueError, match="`attn_layer`='nope'"):
+    with pytest.raises(ValueError, match="'nope' is not a timm attention kind"):
         attn_torch.create_model("resnet18", block_args={"attn_layer": "nope"})
     with pytest.raises(ValueError, match="`stem_type`='wide'"):
         attn_flax.create_model("resnet18", stem_type="wide", rngs=nnx.Rngs(0))

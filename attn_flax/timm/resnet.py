@@ -28,22 +28,12 @@ from flax import nnx
 from attn_common import check_input
 from attn_common.timm_models import check_resnet_args, layer_spec
 from attn_flax._registry import register
-from attn_flax.layers import BatchNorm, Conv1d, Conv2d, Dtype, GroupNorm, Linear, compute_dtype, stable_mean
+from attn_flax.timm.blur_pool import create_aa
+from attn_flax.timm.create_attn import get_attn
+from attn_flax.timm.helpers import get_padding
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, GroupNorm, Linear, compute_dtype, stable_mean
 
 Factory = dict[str, Any]
-
-
-def get_padding(kernel_size: int, stride: int, dilation: int = 1) -> int:
-    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
-
-
-def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
-    """timm's channel rounding (``timm.layers.helpers.make_divisible``)."""
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < round_limit * v:
-        new_v += divisor
-    return new_v
 
 
 def identity(x: jax.Array) -> jax.Array:
@@ -78,59 +68,6 @@ def avg_pool(x: jax.Array, kernel_size: int, stride: int, ceil_mode: bool = Fals
     return sums / jnp.asarray(np.outer(*counts)[None, :, :, None], x.dtype)
 
 
-class _SEModule(nnx.Module):
-    """timm's ``SEModule`` with its defaults (mean, 1x1 conv, ReLU, 1x1 conv, sigmoid gate)."""
-
-    def __init__(self, channels: int, rd_ratio: float = 1.0 / 16, rd_channels: int | None = None,
-                 rd_divisor: int = 8, *, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
-                 rngs: nnx.Rngs):
-        factory = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        if not rd_channels:
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
-        self.fc1 = Conv2d(channels, rd_channels, 1, **factory)
-        self.fc2 = Conv2d(rd_channels, channels, 1, **factory)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return x * jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(stable_mean(x, (1, 2), keepdims=True)))))
-
-
-class _EcaModule(nnx.Module):
-    """timm's ``EcaModule`` with its defaults: a 1-D conv across the pooled channels, sigmoid gate."""
-
-    def __init__(self, channels: int | None = None, kernel_size: int = 3, gamma: float = 2, beta: float = 1,
-                 *, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-        if channels is not None:
-            t = int(abs(math.log(channels, 2) + beta) / gamma)
-            kernel_size = max(t if t % 2 else t + 1, 3)
-        self.conv = Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False, dtype=dtype,
-                           param_dtype=param_dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        n, c = x.shape[0], x.shape[-1]
-        y = self.conv(stable_mean(x, (1, 2)).reshape(n, c, 1))  # channels as the length of a 1-channel signal
-        return x * jax.nn.sigmoid(y).reshape(n, 1, 1, c).astype(x.dtype)
-
-
-class _BlurPool2d(nnx.Module):
-    """timm's ``BlurPool2d``: reflect-padded binomial blur, then subsampling (no variables)."""
-
-    def __init__(self, channels: int | None = None, filt_size: int = 3, stride: int = 2, pad_mode: str = "reflect",
-                 *, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
-        self.channels, self.filt_size, self.stride, self.pad_mode = channels, filt_size, stride, pad_mode
-        self.padding = get_padding(filt_size, stride)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c, p = x.shape[-1], self.padding
-        coeffs = np.array([math.comb(self.filt_size - 1, k) for k in range(self.filt_size)], np.float32)
-        coeffs /= 2 ** (self.filt_size - 1)
-        kernel = np.broadcast_to((coeffs[:, None] * coeffs[None, :])[:, :, None, None], (*coeffs.shape * 2, 1, c))
-        mode = "reflect" if self.pad_mode == "reflect" else "constant"
-        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=mode)
-        return jax.lax.conv_general_dilated(x, jnp.asarray(kernel, x.dtype), (self.stride, self.stride), "VALID",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-
-
-_ATTN: dict[str, Callable[..., nnx.Module]] = {"se": _SEModule, "eca": _EcaModule}
 _ACT: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu,
     "gelu": functools.partial(jax.nn.gelu, approximate=False), "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid}
@@ -156,22 +93,20 @@ def get_aa_layer(aa_layer: Any) -> tuple[str, dict[str, Any]] | None:
     return layer_spec("aa_layer", aa_layer, ("avgpool", "blurpool"))
 
 
-def get_attn(attn_layer: Any) -> Callable[..., nnx.Module] | None:
-    if not attn_layer:
-        return None
-    name, kwargs = layer_spec("attn_layer", attn_layer, tuple(_ATTN))
-    return functools.partial(_ATTN[name], **kwargs)
+def attn_layer_of(attn_layer: Any) -> Callable[..., nnx.Module] | None:
+    """``get_attn`` that also takes the portable ``[kind, kwargs]`` pair (``partial(get_attn(kind), **kwargs)``)."""
+    if isinstance(attn_layer, (list, tuple)):
+        kind, kwargs = attn_layer
+        return functools.partial(get_attn(kind), **kwargs)
+    return get_attn(attn_layer)
 
 
-def create_aa(aa: tuple[str, dict[str, Any]] | None, channels: int, stride: int = 2, enable: bool = True,
-              **factory: Any) -> Callable[[jax.Array], jax.Array]:
+def _create_aa(aa: tuple[str, dict[str, Any]] | None, channels: int, stride: int = 2, enable: bool = True,
+               **factory: Any) -> Callable[[jax.Array], jax.Array]:
     """The anti-aliasing downsampler (average pool of ``stride`` or ``BlurPool2d``), or the identity."""
-    if aa is None or not enable:
-        return identity
-    name, kwargs = aa
-    if name == "avgpool":
-        return functools.partial(avg_pool, kernel_size=stride, stride=stride, **kwargs)
-    return _BlurPool2d(channels, stride=stride, **kwargs, **factory)
+    layer = create_aa("avg" if aa is not None and aa[0] == "avgpool" else "blur", channels, stride,
+                      enable=aa is not None and enable, **factory)
+    return identity if layer is None else layer
 
 
 def drop_path(rate: float, rngs: nnx.Rngs) -> nnx.Dropout | None:
@@ -195,7 +130,7 @@ class BasicBlock(nnx.Module):
             raise ValueError(f"BasicBlock supports only `cardinality`=1 and `base_width`=64, got "
                              f"{cardinality!r} and {base_width!r}")
         factory = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), get_attn(attn_layer), get_aa_layer(aa_layer)
+        act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), attn_layer_of(attn_layer), get_aa_layer(aa_layer)
         first_planes = planes // reduce_first
         attn_channels = outplanes = planes * self.expansion
         if widths is not None:  # a pruned network: (conv1, conv2) output widths
@@ -206,7 +141,7 @@ class BasicBlock(nnx.Module):
                             dilation=first_dilation, bias=False, **factory)
         self.bn1 = norm(first_planes, **factory)
         self.act1 = act
-        self.aa = create_aa(aa, first_planes, stride, enable=use_aa, **factory)
+        self.aa = _create_aa(aa, first_planes, stride, enable=use_aa, **factory)
         self.conv2 = Conv2d(first_planes, outplanes, 3, padding=dilation, dilation=dilation, bias=False, **factory)
         self.bn2 = norm(outplanes, **factory)
         self.se = attn(attn_channels, **factory) if attn is not None else None
@@ -242,7 +177,7 @@ class Bottleneck(nnx.Module):
                  *, dtype: Dtype | None = None,
                  param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
         factory = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), get_attn(attn_layer), get_aa_layer(aa_layer)
+        act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), attn_layer_of(attn_layer), get_aa_layer(aa_layer)
         width = int(math.floor(planes * (base_width / 64)) * cardinality)
         first_planes = width // reduce_first
         attn_channels = outplanes = planes * self.expansion
@@ -257,7 +192,7 @@ class Bottleneck(nnx.Module):
                             dilation=first_dilation, groups=cardinality, bias=False, **factory)
         self.bn2 = norm(width, **factory)
         self.act2 = act
-        self.aa = create_aa(aa, width, stride, enable=use_aa, **factory)
+        self.aa = _create_aa(aa, width, stride, enable=use_aa, **factory)
         self.conv3 = Conv2d(width, outplanes, 1, bias=False, **factory)
         self.bn3 = norm(outplanes, **factory)
         self.se = attn(attn_channels, **factory) if attn is not None else None
@@ -427,13 +362,13 @@ class ResNet(TimmClassifier):
         if replace_stem_pool:
             self.maxpool: Any = nnx.Sequential(*filter(None, [
                 Conv2d(inplanes, inplanes, 3, stride=1 if aa else 2, padding=1, bias=False, **factory),
-                create_aa(aa, inplanes, 2, **factory) if aa else None,
+                _create_aa(aa, inplanes, 2, **factory) if aa else None,
                 norm(inplanes, **factory), act]))
         elif aa is not None and aa[0] == "avgpool":
             self.maxpool = functools.partial(avg_pool, kernel_size=2, stride=2)
         elif aa is not None:
             self.maxpool = nnx.Sequential(functools.partial(max_pool, kernel_size=3, stride=1, padding=1),
-                                          create_aa(aa, inplanes, 2, **factory))
+                                          _create_aa(aa, inplanes, 2, **factory))
         else:
             self.maxpool = functools.partial(max_pool, kernel_size=3, stride=2, padding=1)
 

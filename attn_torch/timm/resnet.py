@@ -29,73 +29,11 @@ from torch import nn
 
 from attn_common.timm_models import check_resnet_args, layer_spec
 from attn_torch._registry import register
+from attn_torch.timm.blur_pool import create_aa
+from attn_torch.timm.create_attn import get_attn
+from attn_torch.timm.helpers import get_padding
 
 
-def get_padding(kernel_size: int, stride: int, dilation: int = 1) -> int:
-    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
-
-
-def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
-    """timm's channel rounding (``timm.layers.helpers.make_divisible``)."""
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < round_limit * v:
-        new_v += divisor
-    return new_v
-
-
-class _SEModule(nn.Module):
-    """timm's ``SEModule`` with its defaults (mean, 1x1 conv, ReLU, 1x1 conv, sigmoid gate)."""
-
-    def __init__(self, channels: int, rd_ratio: float = 1.0 / 16, rd_channels: int | None = None,
-                 rd_divisor: int = 8, device: Any = None, dtype: Any = None):
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        if not rd_channels:
-            rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
-        self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=True, **dd)
-        self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=True, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
-
-
-class _EcaModule(nn.Module):
-    """timm's ``EcaModule`` with its defaults (kernel size from the channel count, zero padding)."""
-
-    def __init__(self, channels: int | None = None, kernel_size: int = 3, gamma: float = 2, beta: float = 1,
-                 device: Any = None, dtype: Any = None):
-        super().__init__()
-        if channels is not None:
-            t = int(abs(math.log(channels, 2) + beta) / gamma)
-            kernel_size = max(t if t % 2 else t + 1, 3)
-        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
-        return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1)
-
-
-class _BlurPool2d(nn.Module):
-    """timm's ``BlurPool2d``: reflect-padded binomial blur, then subsampling (no state-dict entries)."""
-
-    def __init__(self, channels: int | None = None, filt_size: int = 3, stride: int = 2, pad_mode: str = "reflect",
-                 device: Any = None, dtype: Any = None):
-        super().__init__()
-        self.channels, self.filt_size, self.stride, self.pad_mode = channels, filt_size, stride, pad_mode
-        self.padding = [get_padding(filt_size, stride)] * 4
-        coeffs = torch.tensor([math.comb(filt_size - 1, k) for k in range(filt_size)], dtype=torch.float32)
-        coeffs = coeffs / 2 ** (filt_size - 1)
-        self.register_buffer("filt", (coeffs[:, None] * coeffs[None, :])[None, None].to(device=device, dtype=dtype),
-                             persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        weight = self.filt.to(x.dtype).expand(c, 1, self.filt_size, self.filt_size)
-        return F.conv2d(F.pad(x, self.padding, mode=self.pad_mode), weight, stride=self.stride, groups=c)
-
-
-_ATTN: dict[str, Callable[..., nn.Module]] = {"se": _SEModule, "eca": _EcaModule}
 _ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU,
                                     "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -120,22 +58,20 @@ def get_aa_layer(aa_layer: Any) -> tuple[str, dict[str, Any]] | None:
     return layer_spec("aa_layer", aa_layer, ("avgpool", "blurpool"))
 
 
-def get_attn(attn_layer: Any) -> Callable[..., nn.Module] | None:
-    if not attn_layer:
-        return None
-    name, kwargs = layer_spec("attn_layer", attn_layer, tuple(_ATTN))
-    return functools.partial(_ATTN[name], **kwargs)
+def attn_layer_of(attn_layer: Any) -> Callable[..., nn.Module] | None:
+    """``get_attn`` that also takes the portable ``[kind, kwargs]`` pair (``partial(get_attn(kind), **kwargs)``)."""
+    if isinstance(attn_layer, (list, tuple)):
+        kind, kwargs = attn_layer
+        return functools.partial(get_attn(kind), **kwargs)
+    return get_attn(attn_layer)
 
 
-def create_aa(aa: tuple[str, dict[str, Any]] | None, channels: int, stride: int = 2, enable: bool = True,
-              **dd: Any) -> nn.Module:
-    """The anti-aliasing downsampler (an ``nn.AvgPool2d(stride)`` or a ``BlurPool2d``), or ``nn.Identity``."""
-    if aa is None or not enable:
-        return nn.Identity()
-    name, kwargs = aa
-    if name == "avgpool":
-        return nn.AvgPool2d(stride, **kwargs)
-    return _BlurPool2d(channels, stride=stride, **kwargs, **dd)
+def _create_aa(aa: tuple[str, dict[str, Any]] | None, channels: int, stride: int = 2, enable: bool = True,
+               **dd: Any) -> nn.Module:
+    """The anti-aliasing downsampler (``nn.AvgPool2d(stride)`` or ``BlurPool2d``), or ``nn.Identity``."""
+    layer = create_aa("avg" if aa is not None and aa[0] == "avgpool" else "blur", channels, stride,
+                      enable=aa is not None and enable, **dd)
+    return nn.Identity() if layer is None else layer
 
 
 class DropPath(nn.Module):
@@ -169,7 +105,7 @@ class BasicBlock(nn.Module):
             raise ValueError(f"BasicBlock supports only `cardinality`=1 and `base_width`=64, got "
                              f"{cardinality!r} and {base_width!r}")
         dd = {"device": device, "dtype": dtype}
-        act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), get_attn(attn_layer), get_aa_layer(aa_layer)
+        act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), attn_layer_of(attn_layer), get_aa_layer(aa_layer)
         first_planes = planes // reduce_first
         attn_channels = outplanes = planes * self.expansion
         if widths is not None:  # a pruned network: (conv1, conv2) output widths
@@ -181,7 +117,7 @@ class BasicBlock(nn.Module):
         self.bn1 = norm(first_planes, **dd)
         self.drop_block = nn.Identity()
         self.act1 = act(inplace=True)
-        self.aa = create_aa(aa, first_planes, stride, enable=use_aa, **dd)
+        self.aa = _create_aa(aa, first_planes, stride, enable=use_aa, **dd)
         self.conv2 = nn.Conv2d(first_planes, outplanes, 3, padding=dilation, dilation=dilation, bias=False, **dd)
         self.bn2 = norm(outplanes, **dd)
         self.se = attn(attn_channels, **dd) if attn is not None else None
@@ -217,7 +153,7 @@ class Bottleneck(nn.Module):
                  device: Any = None, dtype: Any = None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), get_attn(attn_layer), get_aa_layer(aa_layer)
+        act, norm, attn, aa = get_act_layer(act_layer), get_norm_layer(norm_layer), attn_layer_of(attn_layer), get_aa_layer(aa_layer)
         width = int(math.floor(planes * (base_width / 64)) * cardinality)
         first_planes = width // reduce_first
         attn_channels = outplanes = planes * self.expansion
@@ -233,7 +169,7 @@ class Bottleneck(nn.Module):
         self.bn2 = norm(width, **dd)
         self.drop_block = nn.Identity()
         self.act2 = act(inplace=True)
-        self.aa = create_aa(aa, width, stride, enable=use_aa, **dd)
+        self.aa = _create_aa(aa, width, stride, enable=use_aa, **dd)
         self.conv3 = nn.Conv2d(width, outplanes, 1, bias=False, **dd)
         self.bn3 = norm(outplanes, **dd)
         self.se = attn(attn_channels, **dd) if attn is not None else None
@@ -392,12 +328,12 @@ class ResNet(nn.Module):
         if replace_stem_pool:
             self.maxpool: nn.Module = nn.Sequential(*filter(None, [
                 nn.Conv2d(inplanes, inplanes, 3, stride=1 if aa else 2, padding=1, bias=False, **dd),
-                create_aa(aa, inplanes, 2, **dd) if aa else None,
+                _create_aa(aa, inplanes, 2, **dd) if aa else None,
                 norm(inplanes, **dd), act(inplace=True)]))
         elif aa is not None and aa[0] == "avgpool":
             self.maxpool = nn.AvgPool2d(2)
         elif aa is not None:
-            self.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), create_aa(aa, inplanes, 2, **dd))
+            self.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), _create_aa(aa, inplanes, 2, **dd))
         else:
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
 
