@@ -9,7 +9,6 @@ conversion rules) loads them strictly and matches too.
 
 from __future__ import annotations
 
-import functools
 import json
 
 import jax.numpy as jnp
@@ -32,22 +31,11 @@ META, ARRAYS = load_goldens()
 NAMES = list(META["models"])
 
 
-@functools.lru_cache(maxsize=1)
-def _recipe(name: str) -> dict[str, np.ndarray]:
-    return recipe_state_dict(META["models"][name]["manifest"])
-
-
 def _tolerance(name: str, mode: str):
     if mode == "eval":
         return tolerance("timm.ResNet", "eval")
     blocks = sum(MODELS[name][1]["layers"])
     return tolerance("timm.ResNet", "train" if blocks <= 40 else "train, over 40 blocks")
-
-
-def _check(name: str, framework: str, mode: str, got: np.ndarray) -> None:
-    result = compare(f"{framework} {mode}", {"logits": ARRAYS[f"models/{name}/{mode}"]}, {"logits": got},
-                     _tolerance(name, mode))
-    assert result.passed, result.describe(name, "timm golden")
 
 
 def _modes(name: str) -> list[str]:
@@ -61,33 +49,51 @@ def test_every_timm_architecture_is_named():
         assert sorted(package.list_models()) == sorted(NAMES)
 
 
-@pytest.mark.parametrize("name,framework", [(n, f) for n in NAMES for f in ("torch", "flax")])
-def test_matches_timm(name: str, framework: str):
+def _torch_logits(name: str, state: dict[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
     entry = META["models"][name]
-    state = _recipe(name)
-    x = recipe_input(entry["input"])
-    if framework == "torch":
-        model = attn_torch.create_model(name, device="meta")  # no random initialisation: all is loaded
-        manifest = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
-        assert manifest == entry["manifest"]
-        # Weights shared with the cached recipe; the statistics a train-mode pass updates are copied.
-        tensors = {k: torch.from_numpy(v if v.ndim > 1 or "weight" in k or "bias" in k else v.copy())
-                   for k, v in state.items()}
-        model.load_state_dict(tensors, strict=True, assign=True)
-        if any(b.is_meta for b in model.buffers()):  # a non-persistent buffer (BlurPool's filter) needs a real build
-            model = attn_torch.create_model(name)
-            model.load_state_dict(tensors, strict=True)
-        for mode in _modes(name):
-            with torch.no_grad():
-                _check(name, framework, mode, model.train(mode == "train")(torch.from_numpy(x)).numpy())
-    else:
-        model = attn_flax.create_model(name, rngs=nnx.Rngs(0))
-        leaves = [[leaf.torch_name, list(leaf.torch_shape())] for leaf in iter_leaves(model)]
-        assert leaves == [[k, shape] for k, shape, _ in entry["manifest"]]
-        parity.load_state_dict(model, state, strict=True)
-        for mode in _modes(name):
-            model.train() if mode == "train" else model.eval()
-            _check(name, framework, mode, np.asarray(model(jnp.asarray(nhwc(x)))))
+    model = attn_torch.create_model(name, device="meta")  # no random initialisation: all is loaded
+    manifest = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
+    assert manifest == entry["manifest"], "torch state-dict manifest differs from timm's"
+    # Weights shared with the recipe arrays; the statistics a train-mode pass updates are copied.
+    tensors = {k: torch.from_numpy(v if v.ndim > 1 or "weight" in k or "bias" in k else v.copy())
+               for k, v in state.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    if any(b.is_meta for b in model.buffers()):  # a non-persistent buffer (BlurPool's filter) needs a real build
+        model = attn_torch.create_model(name)
+        model.load_state_dict(tensors, strict=True)
+    out = {}
+    for mode in _modes(name):
+        with torch.no_grad():
+            out[mode] = model.train(mode == "train")(torch.from_numpy(x)).numpy()
+    return out
+
+
+def _flax_logits(name: str, state: dict[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
+    entry = META["models"][name]
+    model = attn_flax.create_model(name, rngs=nnx.Rngs(0))
+    leaves = [[leaf.torch_name, list(leaf.torch_shape())] for leaf in iter_leaves(model)]
+    assert leaves == [[k, shape] for k, shape, _ in entry["manifest"]], "Flax names/shapes differ from timm's"
+    parity.load_state_dict(model, state, strict=True)
+    out = {}
+    for mode in _modes(name):
+        model.train() if mode == "train" else model.eval()
+        out[mode] = np.asarray(model(jnp.asarray(nhwc(x))))
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_timm(name: str):
+    """Both packages against timm's logits (one recipe per architecture: drawing it costs most)."""
+    state = recipe_state_dict(META["models"][name]["manifest"])
+    x = recipe_input(META["models"][name]["input"])
+    failures = []
+    for framework, run in (("torch", _torch_logits), ("flax", _flax_logits)):
+        for mode, got in run(name, state, x).items():
+            result = compare(f"{framework} {mode}", {"logits": ARRAYS[f"models/{name}/{mode}"]}, {"logits": got},
+                             _tolerance(name, mode))
+            if not result.passed:
+                failures.append(result.describe(name, "timm golden"))
+    assert not failures, "\n".join(failures)
 
 
 def test_unknown_name_names_it_and_close_matches():
