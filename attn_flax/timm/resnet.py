@@ -321,6 +321,8 @@ class ResNet(TimmClassifier):
     Input ``(N, H, W, in_chans)``; output ``(N, num_classes)``. ``forward_features``
     gives ``(N, H/32, W/32, num_features)``, ``forward_head(x, pre_logits=False)`` the rest.
     ``model.eval()`` / ``model.train()`` switch BatchNorm statistics and dropout.
+    Convolutions start from PyTorch's default initialisation, not timm's kaiming-normal
+    re-draw; ``zero_init_last`` zeroes the last norm of each block as timm does.
     """
 
     def __init__(self, block: Any, layers: Sequence[int], num_classes: int = 1000, in_chans: int = 3,
