@@ -71,13 +71,16 @@ def _torch_logits(name: str, state: dict[str, np.ndarray], x: np.ndarray) -> dic
 
 def _flax_logits(name: str, state: dict[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
     entry = META["models"][name]
+
     def build() -> nnx.Module:
         return attn_flax.create_model(name, rngs=nnx.Rngs(0))
 
     params = sum(math.prod(shape) for _, shape, _ in entry["manifest"])
-    # Shapes only for the large shallow ones (1.9 GB of random init saved for resnext101_32x32d);
-    # nnx.eval_shape's cost grows with the square of the number of layers, so not for deep ones.
-    model = nnx.eval_shape(build) if params > 10**8 and sum(MODELS[name][1]["layers"]) <= 40 else build()
+    # Shapes only, no random init, for the large shallow ones (1.9 GB saved for resnext101_32x32d)
+    # and the pruned ones (every layer a new shape: each initialiser would compile). nnx.eval_shape's
+    # cost grows with the square of the number of layers, so deep ones are built for real.
+    shallow = sum(MODELS[name][1]["layers"]) <= 40
+    model = nnx.eval_shape(build) if shallow and (params > 10**8 or "pruned" in name) else build()
     # As sets: a module rebuilt by nnx.eval_shape lists its attributes sorted.
     leaves = sorted([leaf.torch_name, list(leaf.torch_shape())] for leaf in iter_leaves(model))
     assert leaves == sorted([k, shape] for k, shape, _ in entry["manifest"]), "Flax names/shapes differ from timm's"
