@@ -210,3 +210,13 @@ def test_drop_path_and_dropout_in_training_only():
     assert [b.drop_path for b in torch_model.layer1] == [None]  # the first block is never dropped
     assert torch_model.layer4[0].drop_path.drop_prob == 0.5
     assert model.layer4.layers[0].drop_path.rate == 0.5
+
+
+def test_golden_check_can_fail():
+    name = "resnet10t"
+    state = recipe_state_dict(META["models"][name]["manifest"])
+    state["layer2.0.conv1.weight"] = -state["layer2.0.conv1.weight"]
+    logits = _torch_logits(name, state, recipe_input(META["models"][name]["input"]))["eval"]
+    result = compare("torch eval", {"logits": ARRAYS[f"models/{name}/eval"]}, {"logits": logits},
+                     _tolerance(name, "eval"))
+    assert not result.passed
