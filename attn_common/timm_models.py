@@ -162,22 +162,21 @@ def _natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
 
 
-def list_models(pattern: str | None = None, available: Any = None) -> list[str]:
+def list_models(pattern: str | None = None) -> list[str]:
     """Names of the timm architectures (``fnmatch`` ``pattern``, e.g. ``"*eca*"``), naturally sorted."""
-    names = [n for n in (MODELS if available is None else available)]
+    names = list(MODELS)
     if pattern is not None:
         names = fnmatch.filter(names, pattern)
     return sorted(names, key=_natural_key)
 
 
-def model_entry(name: str, available: Any = None) -> tuple[str, dict[str, Any]]:
+def model_entry(name: str) -> tuple[str, dict[str, Any]]:
     """``(class name, arguments)`` of the architecture ``name``; a ValueError names it and close matches."""
-    table = MODELS if available is None else {k: MODELS[k] for k in available}
-    if not isinstance(name, str) or name not in table:
-        close = difflib.get_close_matches(str(name), list(table), n=5, cutoff=0.6)
+    if not isinstance(name, str) or name not in MODELS:
+        close = difflib.get_close_matches(str(name), list(MODELS), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see list_models()"
         raise ValueError(f"unknown model name {name!r}{hint}")
-    cls, args = table[name]
+    cls, args = MODELS[name]
     return cls, {k: (dict(v) if isinstance(v, dict) else v) for k, v in args.items()}
 
 
@@ -204,7 +203,7 @@ def layer_spec(arg: str, layer: Any, choices: tuple[str, ...]) -> tuple[str, dic
         value = value.func
     name = value if isinstance(value, str) else getattr(value, "__name__", None)
     if isinstance(name, str):
-        key = name.lower().replace("_", "").replace("-", "").lstrip()
+        key = name.lower().replace("_", "").replace("-", "")
         key = _ALIASES.get(key, key)
         if key in choices:
             return key, kwargs
