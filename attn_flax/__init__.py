@@ -22,6 +22,6 @@ from attn_flax.sge import SGE
 from attn_flax.shuffle import ShuffleAttention
 from attn_flax.models import ResNet
 from attn_flax import timm
-from attn_flax.timm import create_attn, get_attn
+from attn_flax.timm import create_attn, create_model, get_attn, list_models
 
-__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "compiler_options", "create_attn", "get_attn", "timm", "cpu_kernels_enabled", "set_cpu_kernels"]
+__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "compiler_options", "create_attn", "create_model", "get_attn", "list_models", "timm", "cpu_kernels_enabled", "set_cpu_kernels"]

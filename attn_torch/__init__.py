@@ -19,6 +19,6 @@ from attn_torch.sge import SGE
 from attn_torch.shuffle import ShuffleAttention
 from attn_torch.models import ResNet
 from attn_torch import timm
-from attn_torch.timm import create_attn, get_attn
+from attn_torch.timm import create_attn, create_model, get_attn, list_models
 
-__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "create_attn", "get_attn", "timm"]
+__all__ = ["MODULES", "BAM", "CBAM", "ChannelAttention", "CoordAttention", "CrissCrossAttention", "DualAttention", "ECA", "GAM", "PositionAttention", "SE", "ParallelPolarizedSelfAttention", "SequentialPolarizedSelfAttention", "SGE", "ShuffleAttention", "ResNet", "create_attn", "create_model", "get_attn", "list_models", "timm"]

@@ -112,9 +112,9 @@ def test_timm_layers_are_registered_in_both_packages():
     flax_timm = {n for n, c in attn_flax.MODULES.items() if c.__module__.startswith("attn_flax.timm.")}
     assert torch_timm == flax_timm
     assert {ATTN_KINDS[k][0] for k in TIMM_KINDS} <= torch_timm
-    for name in torch_timm:
-        assert getattr(attn_torch.timm, name) is attn_torch.MODULES[name]
-        assert getattr(attn_flax.timm, name) is attn_flax.MODULES[name]
+    for name in torch_timm:  # the models are registered as "timm.ResNet", "timm.SENet"
+        assert getattr(attn_torch.timm, name.removeprefix("timm.")) is attn_torch.MODULES[name]
+        assert getattr(attn_flax.timm, name.removeprefix("timm.")) is attn_flax.MODULES[name]
 
 
 def test_blurpool_filter_is_not_state():

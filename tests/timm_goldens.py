@@ -40,7 +40,9 @@ def recipe_state_dict(manifest: Sequence[Sequence[Any]]) -> dict[str, np.ndarray
         elif key.endswith("running_mean"):
             out[key] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
         elif len(shape) >= 2:
-            out[key] = (rng.standard_normal(shape) / math.sqrt(max(1, int(np.prod(shape[1:]))))).astype(np.float32)
+            draws = rng.standard_normal(shape)
+            draws /= math.sqrt(max(1, int(np.prod(shape[1:]))))  # in place: no second float64 temporary
+            out[key] = draws.astype(np.float32)
         elif key.endswith("weight"):
             out[key] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:

@@ -36,3 +36,7 @@ __all__ = [
     "SimpleCoordAttn", "SpatialAttn", "StripAttn", "create_aa", "create_act_layer", "create_attn", "get_act_layer",
     "get_attn", "get_norm_layer", "get_padding", "make_divisible", "to_2tuple",
 ]
+
+from attn_flax.timm._registry import create_model, list_models  # noqa: E402  (models use the layers above)
+from attn_flax.timm.resnet import ResNet  # noqa: E402
+from attn_flax.timm.senet import SENet  # noqa: E402

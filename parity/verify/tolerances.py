@@ -30,6 +30,17 @@ DEFAULT: dict[str, Tolerance] = {
 OVERRIDES: dict[tuple[str, str], Tolerance] = {}
 
 
+# timm's ResNet family and legacy SENets against timm 1.0.31's own outputs (tests/test_timm_models.py,
+# recipe weights, 2x3x64x64), both packages, judged like the parity checks. Eval mode is within the
+# default (worst 1.6e-6, resnet50_gn in Flax). Train mode normalises with the statistics of 2 images
+# of 2x2 to 16x16 pixels, and every BatchNorm amplifies the rounding of the one before: timm's own
+# float32 logits are 3.6e-4 (resnet101) and 4.2e-3 (ecaresnet269d) away from the same model in
+# float64. Measured Flax against timm: at most 6.6e-4 up to 40 blocks (resnet101s), 1.45e-2 beyond
+# (resnetrs420, 139 blocks); a wrong layer is off by O(1).
+OVERRIDES[("timm.ResNet", "train")] = Tolerance(rtol=0.0, atol=2e-3)
+OVERRIDES[("timm.ResNet", "train, over 40 blocks")] = Tolerance(rtol=0.0, atol=5e-2)
+
+
 def tolerance(module: str, check: str, dtype: str = "float32") -> Tolerance:
     if dtype == "float32" and (module, check) in OVERRIDES:
         return OVERRIDES[(module, check)]

@@ -1,0 +1,30 @@
+"""``create_model`` / ``list_models`` for timm's ResNet family and legacy SENets, by timm's names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+
+from attn_common import timm_models
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """timm architecture names matching the ``fnmatch`` ``pattern`` (all by default), sorted naturally."""
+    return timm_models.list_models(pattern)
+
+
+def create_model(name: str, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+    """The timm architecture ``name`` (e.g. ``"ecaresnet50d"``), NHWC, initialised from ``rngs``.
+
+    ``kwargs`` override the architecture's arguments (``num_classes``, ``in_chans``,
+    ``global_pool``, ``drop_path_rate``, ``dtype``, ``param_dtype``, ...). An unknown
+    name raises ``ValueError`` with the closest names. To load a checkpoint without
+    a random initialisation, build it under ``nnx.eval_shape`` (see ``parity.to_flax``).
+    """
+    from attn_flax.timm.resnet import ResNet
+    from attn_flax.timm.senet import SENet
+
+    cls_name, args = timm_models.model_entry(name)
+    cls = {"ResNet": ResNet, "SENet": SENet}[cls_name]
+    return cls(**{**args, **kwargs}, rngs=rngs)
