@@ -10,10 +10,12 @@ layout. Nothing here knows about any particular attention module.
 from __future__ import annotations
 
 import functools
+import math
 
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -353,6 +355,21 @@ def is_training(module: nnx.Module) -> bool:
     return modes[0] if modes else True
 
 
+def _concrete_rng_state(module: nnx.Module, seed: int) -> nnx.State:
+    """The module's random-number streams (dropout, drop-path) with real keys and counts: built
+    from shapes only, they hold placeholders that ``jit`` cannot take."""
+
+    def concrete(leaf: Any) -> Any:
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            return leaf
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.split(jax.random.key(seed), math.prod(leaf.shape) or 1)[0] if not leaf.shape \
+                else jax.random.split(jax.random.key(seed), leaf.shape)
+        return jnp.zeros(leaf.shape, leaf.dtype)
+
+    return jax.tree.map(concrete, nnx.state(module, nnx.RngState))
+
+
 def to_flax(torch_module: Any, *, seed: int = 0, **flax_kwargs: Any) -> nnx.Module:
     """Build the ``attn_flax`` twin of an ``attn_torch`` module with the same weights and mode.
 
@@ -365,6 +382,7 @@ def to_flax(torch_module: Any, *, seed: int = 0, **flax_kwargs: Any) -> nnx.Modu
     # Shapes only: every variable is then overwritten, so no initialiser runs.
     flax_module = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(seed)))
     load_state_dict(flax_module, torch_module.state_dict())
+    nnx.update(flax_module, _concrete_rng_state(flax_module, seed))
     if not torch_module.training:
         flax_module.eval()
     return flax_module

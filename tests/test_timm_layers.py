@@ -55,11 +55,14 @@ def _torch_layer(label):
 
 
 def _flax_outputs(module, x_nchw):
+    """Each mode's output, eager, with the CPU kernels on and off (the first must agree with timm too)."""
     x = jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
     out = {}
     for mode in MODES:
         module.eval() if mode == "eval" else module.train()
-        out[mode] = np.asarray(module(x)).transpose(0, 3, 1, 2)
+        for kernels in (True, False):
+            with attn_flax.set_cpu_kernels(kernels):
+                out[mode, kernels] = np.asarray(nnx.clone(module)(x)).transpose(0, 3, 1, 2)
     return out
 
 
@@ -79,13 +82,13 @@ def test_flax_matches_timm(label):
     entry = _entry(label)
     x = recipe_input(entry["input"])
     converted = parity.to_flax(_torch_layer(label))
-    for mode, y in _flax_outputs(converted, x).items():
+    for (mode, _), y in _flax_outputs(converted, x).items():
         _check(label, mode, y)
     # Built directly by create_attn, loaded from the timm-named state dict.
     direct = attn_flax.create_attn(entry["create_attn"], **entry["kwargs"], rngs=nnx.Rngs(0))
     assert sorted(parity.state_dict(direct)) == sorted(k for k, _, _ in entry["manifest"])
     parity.load_state_dict(direct, recipe_state_dict(entry["manifest"]), strict=True)
-    for mode, y in _flax_outputs(direct, x).items():
+    for (mode, _), y in _flax_outputs(direct, x).items():
         _check(label, mode, y)
 
 

@@ -1,6 +1,7 @@
 """timm's small helpers (``timm/layers/helpers.py``) and the plain NHWC building blocks of
-``attn_flax.timm``: convolutions and linears with torch's layout rules and initialisation,
-computed by XLA's own ops (no custom gradients, no platform-specific paths)."""
+``attn_flax.timm``: convolutions and linears with torch's layout rules and initialisation; the
+convolutions compute through ``attn_flax.cpu_kernels.conv_general_dilated`` like every other
+attn_flax convolution (XLA's own op, with a few shapes rewritten in programs lowered for CPU)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from attn_common.timm import get_padding, make_divisible, to_2tuple
+from attn_flax import cpu_kernels
 from attn_flax.layers import Dtype, Linear, torch_bias_init, torch_kernel_init
 
 __all__ = ["Conv", "Conv1d", "Conv2d", "Conv3d", "Linear", "NamedSequential", "avg_pool2d", "get_padding",
@@ -32,7 +34,8 @@ def Conv(n: int, in_channels: int, out_channels: int, kernel_size: int | Sequenc
     return nnx.Conv(
         in_channels, out_channels, kernel, strides=_tuple(stride, n), padding=[(p, p) for p in _tuple(padding, n)],
         kernel_dilation=_tuple(dilation, n), feature_group_count=groups, use_bias=bias, dtype=dtype,
-        param_dtype=param_dtype, kernel_init=torch_kernel_init(), bias_init=torch_bias_init(fan_in), rngs=rngs,
+        param_dtype=param_dtype, kernel_init=torch_kernel_init(), bias_init=torch_bias_init(fan_in),
+        conv_general_dilated=cpu_kernels.conv_general_dilated, rngs=rngs,
     )
 
 

@@ -53,7 +53,7 @@ def max_pool(x: jax.Array, kernel_size: int, stride: int, padding: int = 0, ceil
     """torch's ``max_pool2d`` on NHWC (padding is -inf, never a maximum)."""
     (_, rh), (_, rw) = (_pool_sizes(n, kernel_size, stride, padding, ceil_mode) for n in x.shape[1:3])
     pads = ((0, 0), (padding, rh), (padding, rw), (0, 0))
-    init = jnp.array(-jnp.inf, x.dtype)
+    init = np.array(-np.inf, x.dtype)  # a constant: JAX then knows the max monoid and differentiates it
     return jax.lax.reduce_window(x, init, jax.lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), pads)
 
 
@@ -62,7 +62,7 @@ def avg_pool(x: jax.Array, kernel_size: int, stride: int, ceil_mode: bool = Fals
     sizes = [_pool_sizes(n, kernel_size, stride, 0, ceil_mode) for n in x.shape[1:3]]
     pads = ((0, 0), (0, sizes[0][1]), (0, sizes[1][1]), (0, 0))
     window, strides = (1, kernel_size, kernel_size, 1), (1, stride, stride, 1)
-    sums = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, window, strides, pads)
+    sums = jax.lax.reduce_window(x, np.array(0, x.dtype), jax.lax.add, window, strides, pads)
     counts = [np.minimum(np.arange(out) * stride + kernel_size, n) - np.arange(out) * stride
               for (out, _), n in zip(sizes, x.shape[1:3])]
     return sums / jnp.asarray(np.outer(*counts)[None, :, :, None], x.dtype)

@@ -236,7 +236,7 @@ def run_case(spec: Spec, case: Case, seed: int = 0, calls: bool = True, paths: t
     case, and both paths where the module calls a CPU kernel, see :func:`flax_paths`).
     """
     torch.manual_seed(seed)
-    torch_module = randomize_(attn_torch.MODULES[spec.name](**spec.kwargs_for(case)), seed)
+    torch_module = randomize_(spec.torch_module(case), seed)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.shape, dtype=np.float32)
     result = CaseResult(spec.name, case.label)
@@ -368,7 +368,7 @@ def run_bf16(spec: Spec, case: Case | None = None, seed: int = 0) -> Bf16Result:
     """
     case = case or spec.cases[0]
     torch.manual_seed(seed)
-    torch_module = randomize_(attn_torch.MODULES[spec.name](**spec.kwargs_for(case)), seed).eval()
+    torch_module = randomize_(spec.torch_module(case), seed).eval()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.shape, dtype=np.float32)
     with torch.no_grad():

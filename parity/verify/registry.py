@@ -33,6 +33,15 @@ class Spec:
     kwargs: Mapping[str, Any]
     cases: tuple[Case, ...]
     channels_arg: str | None = "channels"  # the argument that sets C; None: not benchmarked at other C
+    model: str | None = None  # a timm architecture (``name`` is then that name): built by create_model
+
+    def torch_module(self, case: Case) -> Any:
+        """The torch module of ``case``: the registered class, or ``attn_torch.create_model``."""
+        import attn_torch
+
+        if self.model is not None:
+            return attn_torch.create_model(self.model, **self.kwargs_for(case))
+        return attn_torch.MODULES[self.name](**self.kwargs_for(case))
 
     def kwargs_at(self, channels: int) -> dict[str, Any]:
         """The default kwargs with the channel count set to ``channels`` (for the benchmark)."""
