@@ -11,7 +11,7 @@ from parity.devtools import bench
 def test_bench_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     page = tmp_path / "benchmarks.md"
-    code = bench.main(["--modules", "SE", "CoordAttention", "--shapes", "2x16x5x7", "--reps", "2",
+    code = bench.main(["--models", "--modules", "SE", "CoordAttention", "--shapes", "2x16x5x7", "--reps", "2",
                        "--warmup", "1", "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png"),
                        "--markdown", str(page)])
     assert code == 0
@@ -36,7 +36,7 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
 
 def test_bench_with_torch_compile(tmp_path):
     out = tmp_path / "bench.json"
-    assert bench.main(["--modules", "ECA", "--shapes", "1x8x4x4", "--reps", "1", "--warmup", "1",
+    assert bench.main(["--models", "--modules", "ECA", "--shapes", "1x8x4x4", "--reps", "1", "--warmup", "1",
                        "--json", str(out), "--png", str(tmp_path / "b.png")]) == 0
     row = json.loads(out.read_text())["rows"][0]
     assert "compile_eval" in row["timings"] and row["compile_s"] > 0
@@ -45,7 +45,7 @@ def test_bench_with_torch_compile(tmp_path):
 def test_bench_reports_a_rejected_shape_as_an_error(tmp_path):
     out = tmp_path / "bench.json"
     # SGE with 4 groups cannot split 18 channels: the row carries the ValueError, exit code 1.
-    code = bench.main(["--modules", "SGE", "--shapes", "1x18x4x4", "--reps", "1", "--warmup", "1",
+    code = bench.main(["--models", "--modules", "SGE", "--shapes", "1x18x4x4", "--reps", "1", "--warmup", "1",
                        "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")])
     row = json.loads(out.read_text())["rows"][0]
     assert code == 1 and "ValueError" in row["error"]
@@ -53,7 +53,7 @@ def test_bench_reports_a_rejected_shape_as_an_error(tmp_path):
 
 def test_bench_counts_page_faults_and_rejects_a_burst_without_timed_calls(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert bench.main(["--modules", "SE", "--shapes", "1x16x4x4", "--reps", "1", "--warmup", "1", "--burst", "2",
+    assert bench.main(["--models", "--modules", "SE", "--shapes", "1x16x4x4", "--reps", "1", "--warmup", "1", "--burst", "2",
                        "--settle-ms", "1", "--no-compile", "--json", str(out), "--png", str(tmp_path / "b.png")]) == 0
     data = json.loads(out.read_text())
     assert data["burst"] == 2 and data["settle_ms"] == 1
@@ -63,7 +63,7 @@ def test_bench_counts_page_faults_and_rejects_a_burst_without_timed_calls(tmp_pa
     for bad, message in ((["--burst", "0"], "--burst must be at least 1"),
                          (["--settle-ms", "-1"], "--settle-ms must be non-negative")):
         with pytest.raises(SystemExit) as exit_:
-            bench.main(["--modules", "SE", *bad, "--json", str(out)])
+            bench.main(["--models", "--modules", "SE", *bad, "--json", str(out)])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
 
@@ -72,7 +72,7 @@ def test_bench_compiles_flax_with_the_library_options_on_request(tmp_path, capsy
     import attn_flax
 
     out = tmp_path / "bench.json"
-    assert bench.main(["--modules", "GAM", "--shapes", "1x32x4x4", "--reps", "1", "--warmup", "1",
+    assert bench.main(["--models", "--modules", "GAM", "--shapes", "1x32x4x4", "--reps", "1", "--warmup", "1",
                        "--compiler-options", "attn_flax", "--no-compile", "--json", str(out),
                        "--png", str(tmp_path / "b.png")]) == 0
     data = json.loads(out.read_text())

@@ -52,6 +52,9 @@ from typing import Callable
 from parity.devtools import parse_shape
 
 DEFAULT_SHAPES = ("32x256x28x28", "8x64x56x56")
+# timm architectures, benchmarked at ImageNet's resolution.
+DEFAULT_MODELS = ("seresnet50", "ecaresnet50d")
+MODEL_SHAPE = "8x3x224x224"
 # Environment variables that change timings (allocator, XLA, OpenMP); recorded with the results.
 TIMING_ENVIRONMENT = ("MALLOC_", "XLA_FLAGS", "OMP_", "KMP_", "LD_PRELOAD", "JAX_")
 VARIANTS = ("flax_eval", "plain_eval", "torch_eval", "compile_eval", "flax_train", "plain_train", "torch_train", "R")
@@ -124,8 +127,12 @@ def build_variants(name: str, shape: tuple[int, int, int, int], dtype: str, comp
     from parity.verify.harness import nhwc, randomize_
     from parity.verify.registry import SPECS
 
-    kwargs = SPECS[name].kwargs_at(shape[1])
-    torch_module = randomize_(attn_torch.MODULES[name](**kwargs), seed=0)
+    def build() -> torch.nn.Module:
+        if name in SPECS:
+            return attn_torch.MODULES[name](**SPECS[name].kwargs_at(shape[1]))
+        return attn_torch.create_model(name)  # a timm architecture
+
+    torch_module = randomize_(build(), seed=0)
     flax_module = to_flax(torch_module)
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal(shape, dtype=np.float32)
@@ -158,7 +165,7 @@ def build_variants(name: str, shape: tuple[int, int, int, int], dtype: str, comp
         plain_grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True),
                                 compiler_options=compiler_options).lower(params, rest, x_j, cot_j).compile()
 
-    torch_train = attn_torch.MODULES[name](**kwargs)
+    torch_train = build()
     torch_train.load_state_dict(torch_module.state_dict())
     torch_train.train()
     torch_module.eval()
@@ -477,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parity bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", nargs="+", default=benchable, choices=benchable, metavar="NAME")
+    parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), metavar="TIMM_NAME",
+                        help=f"timm architectures (attn_torch.list_models()), timed at --model-shape "
+                             f"(default: {' '.join(DEFAULT_MODELS)}; none: --models)")
+    parser.add_argument("--model-shape", type=parse_shape, default=parse_shape(MODEL_SHAPE), metavar="NxCxHxW")
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
                         metavar="NxCxHxW")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -516,14 +527,18 @@ def main(argv: list[str] | None = None) -> int:
           f"with {env['torch_threads']} threads, {args.reps} interleaved rounds of {args.burst} "
           f"timed calls after {args.settle_ms:g} ms of untimed ones; Flax compiler options {options or 'none'}",
           file=sys.stderr)
+    from attn_common.timm_models import model_entry
+
+    for model in args.models:
+        model_entry(model)  # an unknown name fails now, with close matches, not after an hour
+    jobs = [(name, shape) for name in args.modules for shape in args.shapes]
+    jobs += [(model, args.model_shape) for model in args.models]
     rows = []
-    for name in args.modules:
-        for shape in args.shapes:
-            start = time.perf_counter()
-            rows.append(bench_one(name, shape, args.dtype, args.reps, args.warmup, not args.no_compile,
-                                  args.burst, args.settle_ms, options))
-            print(f"  {name} {'x'.join(map(str, shape))} done in {time.perf_counter() - start:.1f}s",
-                  file=sys.stderr)
+    for name, shape in jobs:
+        start = time.perf_counter()
+        rows.append(bench_one(name, shape, args.dtype, args.reps, args.warmup, not args.no_compile,
+                              args.burst, args.settle_ms, options))
+        print(f"  {name} {'x'.join(map(str, shape))} done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     print(f"times in ms, median±half-IQR; JAX backend {env['jax_backend']} ({env['jax_device']})"
           + (f"; Flax compiled with {options}" if options else ""))
     print(format_table(rows))
