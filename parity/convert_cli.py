@@ -132,6 +132,17 @@ class _Reporter:
             print(f"{PROG}: {line}", file=self.stream, flush=True)
 
 
+def resolve_model(model: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A timm architecture name (``ecaresnet50d``) as its registered class and arguments; any
+    other name as given. ``--arg`` values override the architecture's."""
+    from attn_common.timm_models import MODELS, model_entry
+
+    if model not in MODELS:
+        return model, args
+    cls, base = model_entry(model)
+    return f"timm.{cls}", {**base, **args}
+
+
 def _build(model: str, args: dict[str, Any]) -> Any:
     from parity.checkpoint import build_flax
 
@@ -285,7 +296,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(command, help=text, description=text)
         sub.add_argument("src", type=Path, metavar="SRC")
         sub.add_argument("dst", type=Path, metavar="DST")
-        sub.add_argument("--model", required=True, metavar="NAME", help="registered module name (SE, CBAM, ..., ResNet)")
+        sub.add_argument("--model", required=True, metavar="NAME", help="registered module name (SE, CBAM, ..., ResNet) or timm architecture (ecaresnet50d, ...)")
         sub.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                          help="a constructor argument, parsed as a Python literal (repeatable)")
         sub.add_argument("--format", choices=formats[command], help="DST format when its name does not tell")
@@ -325,9 +336,9 @@ def main(argv: list[str] | None = None, *, stderr: TextIO | None = None) -> int:
                 raise _EarlySignal(_early_signals[0])
             options = _parser().parse_args(argv)
             report = _Reporter(err, options.progress)
-            args = parse_args(options.arg)
+            model, args = resolve_model(options.model, parse_args(options.arg))
             _check_paths(options.src, options.dst)
-            commands[options.command](options.src, options.dst, options.model, args, options, report)
+            commands[options.command](options.src, options.dst, model, args, options, report)
     except SystemExit as done:  # --help
         return done.code if isinstance(done.code, int) else 0
     except KeyboardInterrupt as interruption:  # SIGINT, SIGTERM, SIGHUP: DST was cleaned up on the way here

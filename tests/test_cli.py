@@ -285,3 +285,26 @@ class _RunsCode:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+def test_a_timm_hub_checkpoint_converts_by_architecture_name_and_back_bit_for_bit(tmp_path, capsys):
+    """timm publishes ``model.safetensors`` with its own keys; ``--model`` takes timm's name."""
+    from flax import nnx
+    from safetensors.numpy import load_file, save_file
+
+    import attn_flax
+    from timm_goldens import load_goldens, recipe_state_dict
+
+    name = "ecaresnet26t"
+    manifest = load_goldens()[0]["models"][name]["manifest"]
+    hub = tmp_path / "model.safetensors"
+    save_file(recipe_state_dict(manifest), str(hub))
+    flax_file, back = tmp_path / "flax.safetensors", tmp_path / "back.safetensors"
+    assert _run(capsys, "to-flax", hub, flax_file, "--model", name)[0] == 0
+    assert _run(capsys, "to-torch", flax_file, back, "--model", name)[0] == 0
+    original, returned = load_file(str(hub)), load_file(str(back))
+    assert sorted(returned) == sorted(key for key, _, _ in manifest)  # safetensors files keep no order
+    for key, value in original.items():
+        assert returned[key].dtype == value.dtype and returned[key].tobytes() == value.tobytes(), key
+    model = attn_flax.create_model(name, rngs=nnx.Rngs(0))
+    parity.load_flax(model, flax_file)  # the Flax file loads into the model built by name
