@@ -4,8 +4,8 @@ import pytest
 
 import attn_flax
 import attn_torch
-from parity.verify.harness import CHECKS, PATHS, run_case
-from parity.verify.registry import SPECS
+from parity.verify.harness import CHECKS, PATHS, run_bf16, run_case
+from parity.verify.registry import MODEL_SPECS, SPECS
 
 CASES = [(spec, case) for spec in SPECS.values() for case in spec.cases]
 
@@ -45,3 +45,13 @@ def test_batchnorm_modules_compare_statistics(name):
     assert ("bn_stats" in result.checks) == has_buffers
     assert set(result.checks) <= set(CHECKS)
     del torch
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_SPECS))
+def test_timm_architecture_rows(name):
+    """The report's timm rows: float32 parity of every call and path, and bf16 within its bound."""
+    spec = MODEL_SPECS[name]
+    result = run_case(spec, spec.cases[0])
+    assert result.passed and result.paths == PATHS, "\n".join(result.failures())
+    bf16 = run_bf16(spec)
+    assert bf16.passed, "\n".join(bf16.failures())

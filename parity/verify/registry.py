@@ -176,3 +176,12 @@ SPECS: dict[str, Spec] = {
         ),
     )
 }
+
+
+# timm architectures with rows of their own in the parity report: eval mode, one small input,
+# ten classes (train mode of all 89 architectures is checked against timm's own outputs in
+# tests/test_timm_models.py).
+MODEL_SPECS: dict[str, Spec] = {
+    model: Spec(model, {"num_classes": 10}, (Case((2, 3, 32, 32), modes=("eval",)),), channels_arg=None, model=model)
+    for model in ("seresnet50", "ecaresnet50d", "seresnext26d_32x4d", "resnet50_gn", "legacy_seresnet18")
+}

@@ -16,7 +16,9 @@ import time
 from parity.verify.harness import (
     BF16_CHECKS, BF16_RUNS, CHECKS, PATHS, Bf16Result, CaseResult, CheckResult, merge, run_bf16, run_case,
 )
-from parity.verify.registry import SPECS
+from parity.verify.registry import MODEL_SPECS, SPECS
+
+ALL_SPECS = {**SPECS, **MODEL_SPECS}
 
 
 def _cell(check: CheckResult | None) -> str:
@@ -63,7 +65,7 @@ def run_bf16_table(modules: list[str], seed: int = 0) -> tuple[str, list[Bf16Res
     results = []
     for name in modules:
         start = time.perf_counter()
-        result = run_bf16(SPECS[name], seed=seed)
+        result = run_bf16(ALL_SPECS[name], seed=seed)
         results.append(result)
         status = "ok" if result.passed else "FAILED"
         print(f"  bf16 {name} [{result.case}] {status} ({time.perf_counter() - start:.1f}s)", file=sys.stderr)
@@ -73,7 +75,7 @@ def run_bf16_table(modules: list[str], seed: int = 0) -> tuple[str, list[Bf16Res
 def run(modules: list[str], seed: int = 0, quick: bool = False) -> tuple[str, list[CaseResult]]:
     rows, results = [], []
     for name in modules:
-        spec = SPECS[name]
+        spec = ALL_SPECS[name]
         cases = spec.cases[:1] if quick else spec.cases
         merged: dict[str, CheckResult] = {}
         for case in cases:
@@ -91,8 +93,8 @@ def run(modules: list[str], seed: int = 0, quick: bool = False) -> tuple[str, li
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parity report", description=__doc__)
-    parser.add_argument("--modules", nargs="+", default=list(SPECS), choices=list(SPECS), metavar="NAME",
-                        help=f"modules to check (default: all of {', '.join(SPECS)})")
+    parser.add_argument("--modules", nargs="+", default=list(ALL_SPECS), choices=list(ALL_SPECS), metavar="NAME",
+                        help=f"modules and timm architectures to check (default: all of {', '.join(ALL_SPECS)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="only the default example case of each module")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false",

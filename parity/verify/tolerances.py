@@ -189,6 +189,20 @@ BF16: dict[str, Bf16Tolerance] = {
 }
 
 
+# timm architectures of the report (parity.verify.registry.MODEL_SPECS), eval, 2x3x32x32: 50 or
+# more roundings deep. Forward worst 1.1e-2 (ecaresnet50d; torch autocast 9.4e-3). The input
+# gradient runs back through every layer in bf16: Flax 0.12-0.15 where torch autocast gives
+# 0.08-0.17, and resnet50_gn 0.42 (autocast 0.44: GroupNorm's backward in bf16). Each bound
+# is about 1.5x the larger of the two frameworks' errors.
+BF16.update({
+    "seresnet50": Bf16Tolerance(forward=2e-2, grad_input=0.25),
+    "ecaresnet50d": Bf16Tolerance(forward=2e-2, grad_input=0.25),
+    "seresnext26d_32x4d": Bf16Tolerance(forward=2e-2, grad_input=0.25),
+    "resnet50_gn": Bf16Tolerance(forward=2e-2, grad_input=0.7),
+    "legacy_seresnet18": Bf16Tolerance(forward=2e-2, grad_input=0.25),
+})
+
+
 def bf16_tolerance(module: str) -> Bf16Tolerance:
     """The bf16 tolerance of a registered module; every module has its own justified entry."""
     if module not in BF16:
