@@ -13,7 +13,6 @@ from flax import nnx
 from attn_common import check_input, check_positive
 from attn_common.validation import check_at_least
 from attn_flax._registry import register
-from attn_flax import cpu_kernels
 from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype
 
 
@@ -68,11 +67,7 @@ class CrissCrossAttention(nnx.Module):
         return x
 
     def _attend(self, x: jax.Array) -> jax.Array:
-        query, key = self.query_conv(x), self.key_conv(x)
-        value_kernel = self.value_conv.kernel[...][0, 0].astype(x.dtype)
-        value_bias = self.value_conv.bias[...].astype(x.dtype)
-        # _criss_cross_attention(value_conv(x), query, key)
-        out = cpu_kernels.bias_after_average(_criss_cross_attention, x, value_kernel, value_bias, query, key)
+        out = _criss_cross_attention(self.value_conv(x), self.query_conv(x), self.key_conv(x))
         return self.gamma[...].astype(x.dtype) * out + x
 
 

@@ -43,8 +43,7 @@ _OFF = ("0", "false", "no", "off")
 _enabled = os.environ.get(ENV_VAR, "1").strip().lower() not in _OFF
 
 # Names of the kernels, for the docs and for tests that plant an error in each.
-KERNELS = ("conv_general_dilated", "map_images", "bias_after_average", "gate_and_channel_pool",
-           "group_similarity", "shuffle_attention")
+KERNELS = ("conv_general_dilated", "map_images", "gate_and_channel_pool", "group_similarity", "shuffle_attention")
 
 
 _disabled: frozenset[str] = frozenset()  # kernels turned off one by one
@@ -291,23 +290,6 @@ def map_images(function: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Ar
     other, so that one image's attention matrix and projections stay in cache.
     """
     return _on_cpu("map_images", jax.vmap(function), lambda *a: jax.lax.map(lambda image: function(*image), a), *arrays)
-
-
-def bias_after_average(average: Callable[..., jax.Array], x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                       *operands: jax.Array) -> jax.Array:
-    """``average(x @ kernel + bias, *operands)`` for an ``average`` whose weights sum to one per output.
-
-    CPU: ``average(x @ kernel, *operands) + bias`` when evaluated (one full-size pass fewer);
-    the plain form when differentiated.
-    """
-    def plain(x, kernel, bias, *operands):
-        return average(jnp.einsum("...c,cd->...d", x, kernel) + bias, *operands)
-
-    def moved(x, kernel, bias, *operands):
-        return average(jnp.einsum("...c,cd->...d", x, kernel), *operands) + bias
-
-    return _on_cpu("bias_after_average", plain, _evaluated_as(moved, plain, fast_primal=False), x, kernel, bias,
-                   *operands)
 
 
 def gate_and_channel_pool(plain: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]],
