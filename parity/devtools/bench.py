@@ -361,10 +361,21 @@ REASONS: dict[tuple[str, str], str] = {
     **{(m, g): "a few full-size passes; XLA:CPU's single reductions and elementwise passes cost more "
                "than torch's" for m in ("SE", "ECA", "SGE", "ShuffleAttention") for g in ("eval", "compile")},
     **{(m, "train"): "a handful of full-size passes where a call's fixed cost weighs"
-       for m in ("SE", "ECA", "SGE", "ShuffleAttention", "CoordAttention")},
+       for m in ("SE", "ECA", "SGE", "ShuffleAttention")},
     ("CBAM", "compile"): "torch.compile fuses the gate, pooling and residual into fewer passes",
     ("CBAM", "eval"): "the 7x7 gate and the two channel reductions as separate XLA:CPU passes",
-    ("CoordAttention", "compile"): "directional pools and gates as separate passes",
+    **{("CoordAttention", g): "fresh pages for its temporaries on every call (the faults column; see the "
+                              "allocator note below)" for g in ("eval", "compile", "train")},
+    ("SequentialPolarizedSelfAttention", "train"): "fresh pages for the step's temporaries on every call (the "
+                                                   "faults column)",
+    **{(m, "eval"): "fresh pages for XLA:CPU's temporaries on every call (tens of thousands of faults per "
+                    "call); with an allocator that keeps its memory, seresnet50 eval is 1.03x torch eager"
+       for m in ("seresnet50", "ecaresnet50d")},
+    **{(m, "compile"): "XLA:CPU's convolutions (YNNPACK fusions) against Inductor's, plus fresh pages on every call"
+       for m in ("seresnet50", "ecaresnet50d")},
+    **{(m, "train"): "XLA:CPU's convolution gradients: YNNPACK fusions take 54% of the step and layout copies and "
+                     "transposes around them 25% (python -m parity profile seresnet50 --train); not page faults "
+                     "(0.56 with an allocator that keeps its memory)" for m in ("seresnet50", "ecaresnet50d")},
     ("PositionAttention", "eval"): "both frameworks are at the floor of their matrix products",
     ("PositionAttention", "compile"): "both frameworks are at the floor of their matrix products",
     ("PositionAttention", "train"): "the step's matrix products alone, at the fastest product rate measured "
@@ -389,7 +400,9 @@ attn_flax under `jax.jit` with the CPU kernels (`flax_*`) and with the plain for
 (compile time apart); and R, one read plus one write of the input (`copy_`). Each round runs
 every variant back to back: untimed calls for at least S ms (default 50), then K timed calls
 (default 2), so that each framework is timed in its steady state. Cells are medians with half
-the interquartile range, in ms. Ratios above 1 favour the Flax variant in the denominator."""
+the interquartile range, in ms. Ratios above 1 favour the Flax variant in the denominator.
+Faults are minor page faults per call, in thousands: fresh 4 KiB pages that the C allocator
+handed back to the OS since the last call, each costing time on every call."""
 
 
 def _kernel_rows(rows: list[Row]) -> dict[str, list[tuple[Row, float | None, float | None]]]:
@@ -425,7 +438,7 @@ def markdown(rows: list[Row], env: dict[str, str], reps: int, burst: int) -> str
              f"({env.get('machine')}), {reps} rounds of {burst} timed calls; float32. "
              "A ratio on a shared 2-core VM moves by up to 40% between runs.", ""]
     columns = [*VARIANTS, "plain/flax eval", "plain/flax train", "torch/flax eval", "compile/flax eval",
-               "torch/flax train"]
+               "torch/flax train", "faults flax/torch eval", "faults flax/torch train"]
     lines.append("| module | shape | " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * (len(columns) + 2))
     for r in rows:
@@ -435,7 +448,8 @@ def markdown(rows: list[Row], env: dict[str, str], reps: int, burst: int) -> str
         cells = [str(r.timings[v]) if v in r.timings else "-" for v in VARIANTS]
         ratios = [_fmt_ratio(r.ratio(a, b)) for a, b in (("plain_eval", "flax_eval"), ("plain_train", "flax_train"),
                   ("torch_eval", "flax_eval"), ("compile_eval", "flax_eval"), ("torch_train", "flax_train"))]
-        lines.append(f"| {r.module} | {shape_of(r)} | " + " | ".join(cells + ratios) + " |")
+        faults = [f"{_fmt_faults(r, f'flax_{m}')}/{_fmt_faults(r, f'torch_{m}')}" for m in ("eval", "train")]
+        lines.append(f"| {r.module} | {shape_of(r)} | " + " | ".join(cells + ratios + faults) + " |")
     lines += ["", "## CPU kernels", "",
               f"Each kernel of `attn_flax/cpu_kernels.py` stays where it makes a module at least "
               f"{KERNEL_GAIN:.2f}x faster at one benchmark shape (eval or training step). The ratios are the "

@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     benchable = [n for n, s in SPECS.items() if s.channels_arg is not None]
     parser = argparse.ArgumentParser(prog="python -m parity profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("module", choices=benchable, metavar="MODULE", help=f"one of: {', '.join(benchable)}")
+    from attn_common.timm_models import MODELS
+
+    parser.add_argument("module", choices=benchable + list(MODELS), metavar="MODULE",
+                        help=f"one of: {', '.join(benchable)}, or a timm architecture (seresnet50, ...)")
     parser.add_argument("--shape", type=parse_shape, default=parse_shape("32x256x28x28"), metavar="NxCxHxW")
     parser.add_argument("--train", action="store_true", help="the training step instead of the eval forward")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
