@@ -10,9 +10,23 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T", bound=type)
+
+
+def _plain_int(value: Any) -> Any:
+    """A NumPy (or other ``__index__``) integer as a Python int, so that modules and their
+    recorded arguments (checkpoint metadata, JSON) hold plain ints; anything else unchanged."""
+    if isinstance(value, int) or not hasattr(type(value), "__index__") or getattr(value, "shape", ()) != ():
+        return value
+    if "bool" in type(value).__name__:  # np.bool_: left for the argument checks to refuse
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
 
 
 def make_registry(framework_args: tuple[str, ...]) -> tuple[dict[str, type], Callable[..., Any]]:
@@ -35,6 +49,8 @@ def make_registry(framework_args: tuple[str, ...]) -> tuple[dict[str, type], Cal
 
         @functools.wraps(init)
         def recording_init(self: Any, *args: Any, **kwargs: Any) -> None:
+            args = tuple(_plain_int(a) for a in args)
+            kwargs = {k: _plain_int(v) for k, v in kwargs.items()}
             init(self, *args, **kwargs)
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()

@@ -79,3 +79,51 @@ def test_batchnorm_single_value_in_training_is_a_clear_error():
     with pytest.raises(ValueError, match="more than one value per channel"):
         BatchNorm(4)(jnp.zeros((1, 4)))
     assert np.asarray(BatchNorm(4, use_running_average=True)(jnp.ones((1, 4)))).shape == (1, 4)
+
+
+# --- one argument convention: `channels` first, NumPy integers, empty maps -------------------------
+
+from parity.verify.registry import SPECS  # noqa: E402
+
+
+@pytest.mark.parametrize("package", ["torch", "flax"])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_channels_is_the_first_argument(package, name):
+    cls = (attn_torch if package == "torch" else attn_flax).MODULES[name]
+    import inspect
+
+    first = list(inspect.signature(cls.__init__).parameters)[1]
+    assert first == ("depth" if name == "ResNet" else "channels"), (name, first)
+
+
+@pytest.mark.parametrize("package", ["torch", "flax"])
+def test_eca_and_sge_take_channels_first_and_hyper_parameters_by_keyword(package):
+    eca = _build(package, "ECA", {"channels": 64})
+    assert eca.channels == 64 and eca.kernel_size == 3  # adaptive: |log2(64)/2 + 1/2| -> 3
+    assert _build(package, "ECA", {"channels": 256}).kernel_size == 5
+    sge = _build(package, "SGE", {"channels": 32})
+    assert sge.channels == 32 and sge.groups == 8
+    cls = (attn_torch if package == "torch" else attn_flax).MODULES["SGE"]
+    with pytest.raises(TypeError):  # `groups` is keyword-only: SGE(32, 4) cannot mean anything silently
+        cls(32, 4) if package == "torch" else cls(32, 4, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("package", ["torch", "flax"])
+def test_numpy_integers_are_accepted(package):
+    cbam = _build(package, "CBAM", {"channels": np.int64(32), "reduction": np.int32(4)})
+    assert type(cbam.channels) is int and cbam.channels == 32
+    assert _build(package, "ECA", {"channels": np.int64(64), "kernel_size": np.int16(5)}).kernel_size == 5
+    with pytest.raises(ValueError, match="`channels` must be a positive integer, got True"):
+        _build(package, "SE", {"channels": True})
+
+
+@pytest.mark.parametrize("package", ["torch", "flax"])
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_an_empty_map_is_refused_in_every_module(package, name):
+    spec = SPECS[name]
+    n, c, h, w = spec.example_shape
+    module = _build(package, name, dict(spec.kwargs))
+    for shape in ((n, c, 0, w), (n, c, h, 0)):
+        x = torch.zeros(shape) if package == "torch" else jnp.zeros((shape[0], shape[2], shape[3], shape[1]))
+        with pytest.raises(ValueError, match="needs a non-empty spatial map"):
+            module(x)
