@@ -4,7 +4,7 @@ import pytest
 
 import attn_flax
 import attn_torch
-from parity.verify.harness import CHECKS, PATHS, run_bf16, run_case
+from parity.verify.harness import CHECKS, PATHS, run_case
 from parity.verify.registry import MODEL_SPECS, SPECS
 
 CASES = [(spec, case) for spec in SPECS.values() for case in spec.cases]
@@ -49,9 +49,7 @@ def test_batchnorm_modules_compare_statistics(name):
 
 @pytest.mark.parametrize("name", sorted(MODEL_SPECS))
 def test_timm_architecture_rows(name):
-    """The report's timm rows: float32 parity of every call and path, and bf16 within its bound."""
+    """The report's timm rows, float32: every call and path (their bf16 rows run in the report)."""
     spec = MODEL_SPECS[name]
     result = run_case(spec, spec.cases[0])
     assert result.passed and result.paths == PATHS, "\n".join(result.failures())
-    bf16 = run_bf16(spec)
-    assert bf16.passed, "\n".join(bf16.failures())
