@@ -188,6 +188,10 @@ _ALIASES = {
 }
 
 
+# The activations timm's ResNet and SENet take by name (each framework's create_act builds them).
+RESNET_ACTIVATIONS = ("relu", "silu", "swish", "gelu", "tanh", "sigmoid")
+
+
 def layer_spec(arg: str, layer: Any, choices: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
     """``(name, kwargs)`` of a layer given as a name, a class, a ``functools.partial`` or a ``[name, kwargs]`` pair.
 

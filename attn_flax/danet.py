@@ -17,7 +17,6 @@ implementation materialises the matrix, and it wants keys and values of one widt
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

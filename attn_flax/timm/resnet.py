@@ -26,8 +26,9 @@ import numpy as np
 from flax import nnx
 
 from attn_common import check_input
-from attn_common.timm_models import check_resnet_args, layer_spec
+from attn_common.timm_models import RESNET_ACTIVATIONS, check_resnet_args, layer_spec
 from attn_flax._registry import register
+from attn_flax.timm import create_act
 from attn_flax.timm.blur_pool import create_aa
 from attn_flax.timm.create_attn import get_attn
 from attn_flax.timm.helpers import get_padding
@@ -68,14 +69,9 @@ def avg_pool(x: jax.Array, kernel_size: int, stride: int, ceil_mode: bool = Fals
     return sums / jnp.asarray(np.outer(*counts)[None, :, :, None], x.dtype)
 
 
-_ACT: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False), "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid}
-
-
 def get_act_layer(act_layer: Any) -> Callable[[jax.Array], jax.Array]:
-    name, _ = layer_spec("act_layer", act_layer, tuple(_ACT))
-    return _ACT[name]
+    name, _ = layer_spec("act_layer", act_layer, RESNET_ACTIVATIONS)
+    return create_act.get_act_layer(name)
 
 
 def get_norm_layer(norm_layer: Any) -> Callable[..., nnx.Module]:

@@ -27,20 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attn_common.timm_models import check_resnet_args, layer_spec
+from attn_common.timm_models import RESNET_ACTIVATIONS, check_resnet_args, layer_spec
 from attn_torch._registry import register
+from attn_torch.timm import create_act
 from attn_torch.timm.blur_pool import create_aa
 from attn_torch.timm.create_attn import get_attn
 from attn_torch.timm.helpers import get_padding
 
 
-_ACT: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU,
-                                    "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-
-
 def get_act_layer(act_layer: Any) -> Callable[..., nn.Module]:
-    name, kwargs = layer_spec("act_layer", act_layer, ("relu", "silu", "swish", "gelu", "tanh", "sigmoid"))
-    return functools.partial(_ACT[name], **kwargs)
+    name, kwargs = layer_spec("act_layer", act_layer, RESNET_ACTIVATIONS)
+    return functools.partial(create_act.get_act_layer(name), **kwargs)
 
 
 def get_norm_layer(norm_layer: Any) -> Callable[..., nn.Module]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from flax import nnx
 
-import attn_torch
 from attn_flax.cpu_kernels import kernels_used, set_cpu_kernels
 from parity.convert import state_dict, to_flax
 from parity.verify.registry import Case, Spec
