@@ -42,7 +42,7 @@ class GlobalContext(nnx.Module):
         self.gate = create_act_layer(gate_layer)
         self.init_last_zero = init_last_zero
         if self.mlp_add is not None:
-            self.mlp_add.fc2.kernel[...] = jnp.zeros_like(self.mlp_add.fc2.kernel[...])
+            self.mlp_add.fc2.kernel = nnx.Param(jnp.zeros_like(self.mlp_add.fc2.kernel[...]))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))

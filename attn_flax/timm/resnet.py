@@ -401,7 +401,8 @@ class ResNet(TimmClassifier):
         if zero_init_last:
             for m in (*self.layer1.layers, *self.layer2.layers, *self.layer3.layers, *self.layer4.layers):
                 last = m.bn3 if isinstance(m, Bottleneck) else m.bn2
-                last.scale[...] = jnp.zeros_like(last.scale[...])
+                # A new variable, not an indexed write: under nnx.eval_shape each such write costs O(model).
+                last.scale = nnx.Param(jnp.zeros_like(last.scale[...]))
 
     def forward_features(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.in_chans, "NHWC", "ResNet")
