@@ -14,7 +14,7 @@ from flax import nnx
 
 from attn_common import check_batch_statistics, check_input, check_positive, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear, compute_dtype, stable_mean
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, DtypeModule, Linear, stable_mean
 
 NUM_LAYERS = 3  # hidden layers of each branch, fixed as in the reference's BAMBlock
 
@@ -76,7 +76,7 @@ class BAMSpatialGate(nnx.Module):
 
 
 @register
-class BAM(nnx.Module):
+class BAM(DtypeModule):
     """BAM: ``(1 + sigmoid(channel_logits + spatial_logits)) * x``, as in the paper.
 
     The twin of ``attn_torch.BAM`` (torch names ``ca.ca.fc{0,1,2}``,
@@ -119,5 +119,5 @@ class BAM(nnx.Module):
         check_input(x.shape, self.channels, "NHWC", "BAM")
         if not self.ca.ca.bn0.use_running_average:
             check_batch_statistics(x.shape, x.shape[0], "BAM")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         return (1 + jax.nn.sigmoid(self.ca(x) + self.sa(x))) * x

@@ -13,7 +13,7 @@ from flax import nnx
 from attn_common import check_input, check_odd, check_reduction
 from attn_flax._registry import register
 from attn_flax import cpu_kernels
-from attn_flax.layers import Conv2d, Dtype, compute_dtype, stable_mean
+from attn_flax.layers import Conv2d, Dtype, DtypeModule, stable_mean
 
 
 class CBAMChannelGate(nnx.Module):
@@ -54,7 +54,7 @@ def _gate_and_pool(x: jax.Array, gate: jax.Array) -> tuple[jax.Array, jax.Array]
 
 
 @register
-class CBAM(nnx.Module):
+class CBAM(DtypeModule):
     """CBAM: channel gate, then spatial gate, applied in sequence.
 
     The twin of ``attn_torch.CBAM`` (torch names ``ca.se.0.weight``,
@@ -93,7 +93,7 @@ class CBAM(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "CBAM")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         out, pooled = cpu_kernels.gate_and_channel_pool(_gate_and_pool, x, self.ca(x))
         out = out * self.sa.from_pooled(pooled)
         return out + x if self.residual else out

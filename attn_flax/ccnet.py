@@ -13,11 +13,11 @@ from flax import nnx
 from attn_common import check_input, check_positive
 from attn_common.validation import check_at_least
 from attn_flax._registry import register
-from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype
+from attn_flax.layers import Conv2d, Dtype, DtypeModule, at_least_float32
 
 
 @register
-class CrissCrossAttention(nnx.Module):
+class CrissCrossAttention(DtypeModule):
     """Criss-cross attention: every pixel attends to the pixels of its row and column.
 
     The twin of ``attn_torch.CrissCrossAttention`` (torch names ``query_conv``,
@@ -61,7 +61,7 @@ class CrissCrossAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "CrissCrossAttention")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         for _ in range(self.recurrence):
             x = self._attend(x)
         return x

@@ -12,11 +12,11 @@ from flax import nnx
 
 from attn_common import check_input, check_positive
 from attn_flax._registry import register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, compute_dtype, hard_swish, stable_mean
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, DtypeModule, hard_swish, stable_mean
 
 
 @register
-class CoordAttention(nnx.Module):
+class CoordAttention(DtypeModule):
     """Coordinate Attention: direction-aware gates from pooling along H and along W.
 
     The twin of ``attn_torch.CoordAttention`` (torch names ``conv1``, ``bn1``,
@@ -53,7 +53,7 @@ class CoordAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "CoordAttention")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         height = x.shape[1]
         # (N, H + W, 1, C): the H-profile followed by the W-profile, as torch's cat on dim 2.
         pooled = jnp.concatenate([stable_mean(x, 2), stable_mean(x, 1)], axis=1)[:, :, None, :]

@@ -26,7 +26,7 @@ from attn_common import check_input, check_positive
 from attn_common.validation import check_at_least, check_memory_efficient
 from attn_flax._registry import register
 from attn_flax import cpu_kernels
-from attn_flax.layers import Conv2d, Dtype, at_least_float32, compute_dtype, stable_softmax
+from attn_flax.layers import Conv2d, Dtype, DtypeModule, at_least_float32, stable_softmax
 
 from attn_common.tables import MEMORY_EFFICIENT_MIN_PIXELS
 # Energies per block of one image's queries in the blockwise path: block * HW <= this (32 MiB in float32).
@@ -79,7 +79,7 @@ def query_block(pixels: int) -> int:
 
 
 @register
-class PositionAttention(nnx.Module):
+class PositionAttention(DtypeModule):
     """DANet's position attention (PAM): every pixel attends to every pixel.
 
     The twin of ``attn_torch.PositionAttention`` (torch names ``query_conv``,
@@ -133,7 +133,7 @@ class PositionAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "PositionAttention")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         blockwise = self.uses_blockwise(x.shape[1], x.shape[2])
         return cpu_kernels.map_images(lambda image: self._attend(image, blockwise), x)
 
@@ -150,7 +150,7 @@ class PositionAttention(nnx.Module):
 
 
 @register
-class ChannelAttention(nnx.Module):
+class ChannelAttention(DtypeModule):
     """DANet's channel attention (CAM): every channel attends to every channel.
 
     The twin of ``attn_torch.ChannelAttention`` (torch name ``gamma``):
@@ -181,7 +181,7 @@ class ChannelAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "ChannelAttention")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         n, h, w, c = x.shape
         flat = x.reshape(n, h * w, c)
         energy = jnp.einsum("nic,nid->ncd", flat, flat)  # (N, C, C)

@@ -12,11 +12,11 @@ from flax import nnx
 
 from attn_common import check_input, check_odd, check_positive, eca_kernel_size
 from attn_flax._registry import register
-from attn_flax.layers import Conv1d, Dtype, compute_dtype, stable_mean
+from attn_flax.layers import Conv1d, Dtype, DtypeModule, stable_mean
 
 
 @register
-class ECA(nnx.Module):
+class ECA(DtypeModule):
     """ECA: a 1-D convolution across the pooled channel descriptor, then a sigmoid gate.
 
     The twin of ``attn_torch.ECA`` (torch names ``conv.weight`` ``(1, 1, k)`` and
@@ -58,7 +58,7 @@ class ECA(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "ECA")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         descriptor = stable_mean(x, (1, 2))[:, :, None]  # (N, C, 1): channels as the sequence
         gate = jax.nn.sigmoid(self.conv(descriptor))
         return x * gate[:, None, None, :, 0]

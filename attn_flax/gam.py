@@ -14,11 +14,11 @@ from flax import nnx
 
 from attn_common import check_batch_statistics, check_input, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear, compute_dtype
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, DtypeModule, Linear
 
 
 @register
-class GAM(nnx.Module):
+class GAM(DtypeModule):
     """GAM: a per-pixel channel MLP gate, then a 7x7-conv spatial gate, in sequence.
 
     ``y = x * sigmoid(MLP(x))`` with the MLP applied to each pixel's channel
@@ -70,6 +70,6 @@ class GAM(nnx.Module):
         check_input(x.shape, self.channels, "NHWC", "GAM")
         if not self.spatial_attention.layers[1].use_running_average:
             check_batch_statistics(x.shape, math.prod(x.shape[:-1]), "GAM")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x = x * jax.nn.sigmoid(self.channel_attention(x))
         return x * jax.nn.sigmoid(self.spatial_attention(x))

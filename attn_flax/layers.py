@@ -11,7 +11,8 @@ with a few convolution shapes rewritten in programs lowered for CPU). ``BatchNor
 ``ChannelParam`` marks a raw parameter broadcast over the channel axis, stored
 channel-last; the converter moves that axis to position 1 for torch.
 
-Dtype convention (every ``attn_flax`` module follows it):
+Dtype convention (every ``attn_flax`` module follows it; :class:`DtypeModule`, their
+base, holds the rule):
 
 * ``dtype=None`` (default): the computation dtype is
   ``jnp.result_type(input, param_dtype)``, Flax's usual promotion; float32 input
@@ -45,9 +46,23 @@ from attn_flax import cpu_kernels
 Dtype = Any
 
 
-def compute_dtype(dtype: Dtype | None, *operands: Any) -> Dtype:
-    """The computation dtype: ``dtype`` if given, else the promotion of ``operands`` (arrays or dtypes)."""
-    return dtype if dtype is not None else jnp.result_type(*operands)
+class DtypeModule(nnx.Module):
+    """The dtype convention above, in one place: the base of every ``attn_flax`` module.
+
+    A subclass stores its ``dtype`` and ``param_dtype`` constructor arguments and
+    casts its input with :meth:`promote` on entry.
+    """
+
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def computation_dtype(self, x: jax.Array) -> Dtype:
+        """``dtype`` if given, else the promotion of ``x`` and ``param_dtype``."""
+        return self.dtype if self.dtype is not None else jnp.result_type(x, self.param_dtype)
+
+    def promote(self, x: jax.Array) -> jax.Array:
+        """``x`` cast to :meth:`computation_dtype`."""
+        return x.astype(self.computation_dtype(x))
 
 
 def at_least_float32(x: jax.Array) -> jax.Array:
@@ -195,7 +210,7 @@ def LayerNorm(
     )
 
 
-class BatchNorm(nnx.Module):
+class BatchNorm(DtypeModule):
     """Batch normalisation over the last axis with ``torch.nn.BatchNorm{1,2}d``'s rules.
 
     Differences from ``nnx.BatchNorm`` that matter for parity:
@@ -229,6 +244,7 @@ class BatchNorm(nnx.Module):
         self.momentum = momentum
         self.use_running_average = use_running_average
         self.dtype = dtype
+        self.param_dtype = param_dtype
         self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
@@ -256,7 +272,7 @@ class BatchNorm(nnx.Module):
         # Normalised in float32 (as flax's own norms do), then cast to the computation dtype.
         inv = jax.lax.rsqrt(var + self.eps) * self.scale[...]
         y = (x32 - mean) * inv + self.bias[...]
-        return y.astype(compute_dtype(self.dtype, x, self.scale[...]))
+        return y.astype(self.computation_dtype(x))
 
 
 def relu(x: jax.Array) -> jax.Array:

@@ -21,7 +21,7 @@ from attn_common import check_input, check_positive
 from attn_common.tables import RESNET_LAYOUTS as LAYOUTS, RESNET_WIDTHS as WIDTHS
 from attn_common.validation import check_choice
 from attn_flax._registry import MODULES, register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, Linear, compute_dtype, stable_mean
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, DtypeModule, Linear, stable_mean
 
 AttentionFactory = Callable[[int], nnx.Module]
 
@@ -108,7 +108,7 @@ class Bottleneck(nnx.Module):
 
 
 @register
-class ResNet(nnx.Module):
+class ResNet(DtypeModule):
     """ResNet-18/34/50/101 with an optional registered attention module in every residual block.
 
     The twin of ``attn_torch.models.ResNet``; its torch names are torchvision's
@@ -160,7 +160,7 @@ class ResNet(nnx.Module):
 
     def features(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, 3, "NHWC", "ResNet")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x = max_pool_3x3_s2(jax.nn.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 

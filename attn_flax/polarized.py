@@ -13,10 +13,10 @@ from flax import nnx
 from attn_common import check_input
 from attn_common.validation import check_at_least
 from attn_flax._registry import register
-from attn_flax.layers import Conv2d, Dtype, LayerNorm, compute_dtype, stable_mean, stable_softmax
+from attn_flax.layers import Conv2d, Dtype, DtypeModule, LayerNorm, stable_mean, stable_softmax
 
 
-class _PolarizedSelfAttention(nnx.Module):
+class _PolarizedSelfAttention(DtypeModule):
     """The channel-only and spatial-only branches shared by both layouts.
 
     The value and query convolutions are 1x1, hence affine per position, and softmax
@@ -88,7 +88,7 @@ class ParallelPolarizedSelfAttention(_PolarizedSelfAttention):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "ParallelPolarizedSelfAttention")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         return x * self.channel_gate(x) + x * self.spatial_gate(x)
 
 
@@ -114,6 +114,6 @@ class SequentialPolarizedSelfAttention(_PolarizedSelfAttention):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "SequentialPolarizedSelfAttention")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         channel = self.channel_gate(x)
         return x * channel * self.spatial_gate(x, scale=channel)

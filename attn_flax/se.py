@@ -12,11 +12,11 @@ from flax import nnx
 
 from attn_common import check_input, check_reduction
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, Linear, compute_dtype, stable_mean
+from attn_flax.layers import Dtype, DtypeModule, Linear, stable_mean
 
 
 @register
-class SE(nnx.Module):
+class SE(DtypeModule):
     """Squeeze-and-Excitation channel gate: ``x * sigmoid(W2 relu(W1 avgpool(x)))``.
 
     The twin of ``attn_torch.SE`` (torch names ``fc.0.weight``, ``fc.2.weight``).
@@ -60,6 +60,6 @@ class SE(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "SE")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         gate = self.fc(stable_mean(x, (1, 2)))
         return x * gate[:, None, None, :]

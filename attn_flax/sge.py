@@ -14,11 +14,11 @@ from attn_common import check_divisible, check_input, check_positive
 from attn_common.validation import check_at_least
 from attn_flax._registry import register
 from attn_flax import cpu_kernels
-from attn_flax.layers import ChannelParam, Dtype, at_least_float32, compute_dtype, stable_mean
+from attn_flax.layers import ChannelParam, Dtype, DtypeModule, at_least_float32, stable_mean
 
 
 @register
-class SGE(nnx.Module):
+class SGE(DtypeModule):
     """SGE: each channel group is gated by the similarity of its features to the group mean.
 
     The twin of ``attn_torch.SGE`` (torch names ``weight`` and ``bias`` of shape
@@ -63,7 +63,7 @@ class SGE(nnx.Module):
         check_divisible("channels", c, "`groups`", self.groups)
         why = f"SGE divides by the unbiased std over the H*W positions, NaN for one; input shape {tuple(x.shape)}"
         check_at_least("H*W", h * w, 2, why)
-        dtype = compute_dtype(self.dtype, x, self.param_dtype)
+        dtype = self.computation_dtype(x)
         x = x.astype(dtype)
         t = self._standardize(self._similarity_to_group_mean(x)).astype(dtype)  # (N, H, W, G)
         gate = jax.nn.sigmoid(t * self.weight[...].astype(dtype) + self.bias[...].astype(dtype))

@@ -15,11 +15,11 @@ from flax import nnx
 from attn_common import check_divisible, check_input, check_positive
 from attn_flax._registry import register
 from attn_flax import cpu_kernels
-from attn_flax.layers import ChannelParam, Dtype, GroupNorm, at_least_float32, compute_dtype
+from attn_flax.layers import ChannelParam, Dtype, DtypeModule, GroupNorm, at_least_float32
 
 
 @register
-class ShuffleAttention(nnx.Module):
+class ShuffleAttention(DtypeModule):
     """Shuffle Attention: per-group channel and spatial gates, then a channel shuffle.
 
     The twin of ``attn_torch.ShuffleAttention`` (torch names ``cweight``,
@@ -61,7 +61,7 @@ class ShuffleAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.channels, "NHWC", "ShuffleAttention")
-        dtype = compute_dtype(self.dtype, x, self.param_dtype)
+        dtype = self.computation_dtype(x)
         wide = at_least_float32(x.astype(dtype))
         params = tuple(p[...].reshape(-1).astype(wide.dtype)
                        for p in (self.cweight, self.cbias, self.sweight, self.sbias, self.gn.scale, self.gn.bias))

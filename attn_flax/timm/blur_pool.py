@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype
+from attn_flax.layers import Dtype, DtypeModule
 from attn_flax.timm.helpers import avg_pool2d, get_padding
 
 _PAD_MODES = {"reflect": "reflect", "constant": "constant", "replicate": "edge", "circular": "wrap"}
@@ -28,7 +28,7 @@ def blur_filter(filt_size: int) -> np.ndarray:
 
 
 @register
-class BlurPool2d(nnx.Module):
+class BlurPool2d(DtypeModule):
     """Blur with a binomial filter, then subsample by ``stride`` (depthwise, padded by ``pad_mode``).
 
     The filter is a constant, not a variable: no state key (as timm's non-persistent buffer).
@@ -56,7 +56,7 @@ class BlurPool2d(nnx.Module):
         self.param_dtype = param_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         p = self.padding
         x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=_PAD_MODES[self.pad_mode])
         c = x.shape[-1]

@@ -14,7 +14,7 @@ from flax import nnx
 
 from attn_common import check_divisible
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_softmax
+from attn_flax.layers import Dtype, DtypeModule, stable_softmax
 from attn_flax.timm.helpers import Conv2d, avg_pool2d, make_divisible, to_2tuple
 
 
@@ -51,7 +51,7 @@ class PosEmbedRel(nnx.Module):
 
 
 @register
-class BottleneckAttn(nnx.Module):
+class BottleneckAttn(DtypeModule):
     """Bottleneck attention; the twin of ``attn_torch.timm.BottleneckAttn`` (same arguments and keys).
 
     Input ``(N, H, W, C)`` with (H, W) = ``feat_size``; output ``(N, H / stride, W / stride, dim_out)``.
@@ -80,7 +80,7 @@ class BottleneckAttn(nnx.Module):
         self.stride = stride
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         n, h, w, _ = x.shape
         if (h, w) != (self.pos_embed.height, self.pos_embed.width):
             raise ValueError(f"input {h}x{w} differs from `feat_size`=({self.pos_embed.height}, {self.pos_embed.width})")

@@ -14,14 +14,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_mean
+from attn_flax.layers import Dtype, DtypeModule, stable_mean
 from attn_flax.timm.conv_bn_act import ConvNormAct
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import Conv2d, make_divisible
 
 
 @register
-class ChannelAttn(nnx.Module):
+class ChannelAttn(DtypeModule):
     """CBAM's channel gate; the twin of ``attn_torch.timm.ChannelAttn``."""
 
     def __init__(self, channels: int, rd_ratio: float = 1.0 / 16, rd_channels: int | None = None,
@@ -41,7 +41,7 @@ class ChannelAttn(nnx.Module):
         return self.fc2(self.act(self.fc1(x)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x_avg = self._mlp(stable_mean(x, (1, 2), keepdims=True))
         x_max = self._mlp(x.max((1, 2), keepdims=True))
         return x * self.gate(x_avg + x_max)
@@ -52,13 +52,13 @@ class LightChannelAttn(ChannelAttn):
     """The light channel gate; the twin of ``attn_torch.timm.LightChannelAttn`` (always a sigmoid)."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x_pool = 0.5 * stable_mean(x, (1, 2), keepdims=True) + 0.5 * x.max((1, 2), keepdims=True)
         return x * jax.nn.sigmoid(self._mlp(x_pool))
 
 
 @register
-class SpatialAttn(nnx.Module):
+class SpatialAttn(DtypeModule):
     """CBAM's spatial gate; the twin of ``attn_torch.timm.SpatialAttn``."""
 
     def __init__(self, kernel_size: int = 7, gate_layer: Any = "sigmoid", *, dtype: Dtype | None = None,
@@ -69,13 +69,13 @@ class SpatialAttn(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x_attn = jnp.concatenate([stable_mean(x, -1, keepdims=True), x.max(-1, keepdims=True)], axis=-1)
         return x * self.gate(self.conv(x_attn))
 
 
 @register
-class LightSpatialAttn(nnx.Module):
+class LightSpatialAttn(DtypeModule):
     """The light spatial gate; the twin of ``attn_torch.timm.LightSpatialAttn``."""
 
     def __init__(self, kernel_size: int = 7, gate_layer: Any = "sigmoid", *, dtype: Dtype | None = None,
@@ -86,7 +86,7 @@ class LightSpatialAttn(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x_attn = 0.5 * stable_mean(x, -1, keepdims=True) + 0.5 * x.max(-1, keepdims=True)
         return x * self.gate(self.conv(x_attn))
 

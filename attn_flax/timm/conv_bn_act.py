@@ -10,14 +10,14 @@ from flax import nnx
 
 from attn_common.timm import layer_name
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype
+from attn_flax.layers import Dtype, DtypeModule
 from attn_flax.timm.blur_pool import create_aa
 from attn_flax.timm.helpers import Conv2d, get_padding
 from attn_flax.timm.norm_act import BatchNormAct2d
 
 
 @register
-class ConvNormAct(nnx.Module):
+class ConvNormAct(DtypeModule):
     """``conv`` -> ``bn`` (BatchNorm + activation) -> optional anti-aliasing ``aa``; the twin of
     ``attn_torch.timm.ConvNormAct`` (keys ``conv.weight``, ``bn.weight``, ``bn.running_mean``, ...).
 
@@ -48,7 +48,7 @@ class ConvNormAct(nnx.Module):
         self.aa = create_aa(aa_layer, out_channels, stride=stride, enable=use_aa, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv(x.astype(compute_dtype(self.dtype, x, self.param_dtype)))
+        x = self.conv(self.promote(x))
         if self.bn is not None:
             x = self.bn(x)
         if self.aa is not None:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, Linear, compute_dtype, stable_mean
+from attn_flax.layers import Dtype, DtypeModule, Linear, stable_mean
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import Conv2d, make_divisible
 from attn_flax.timm.norm import get_norm_layer
@@ -25,7 +25,7 @@ def _skip(out: jax.Array, x: jax.Array, has_skip: bool) -> jax.Array:
 
 
 @register
-class CoordAttn(nnx.Module):
+class CoordAttn(DtypeModule):
     """Coordinate attention; the twin of ``attn_torch.timm.CoordAttn`` (same arguments and keys).
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -50,7 +50,7 @@ class CoordAttn(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         h = x.shape[1]
         x_h = stable_mean(x, 2, keepdims=True)  # (N, H, 1, C)
         x_w = stable_mean(x, 1, keepdims=True).transpose(0, 2, 1, 3)  # (N, W, 1, C)
@@ -64,7 +64,7 @@ class CoordAttn(nnx.Module):
 
 
 @register
-class SimpleCoordAttn(nnx.Module):
+class SimpleCoordAttn(DtypeModule):
     """Simplified coordinate attention; the twin of ``attn_torch.timm.SimpleCoordAttn`` (linears).
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -87,7 +87,7 @@ class SimpleCoordAttn(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x_h = self.act(self.fc1(stable_mean(x, 2)))  # (N, H, rd)
         x_w = self.act(self.fc1(stable_mean(x, 1)))  # (N, W, rd)
         a_h = self.fc_h(x_h)[:, :, None, :]
@@ -96,7 +96,7 @@ class SimpleCoordAttn(nnx.Module):
 
 
 @register
-class EfficientLocalAttn(nnx.Module):
+class EfficientLocalAttn(DtypeModule):
     """Efficient local attention; the twin of ``attn_torch.timm.EfficientLocalAttn``.
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -120,7 +120,7 @@ class EfficientLocalAttn(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x_h = self.conv_h(stable_mean(x, 2, keepdims=True))
         x_w = self.conv_w(stable_mean(x, 1, keepdims=True))
         if self.norm_h is not None:
@@ -130,7 +130,7 @@ class EfficientLocalAttn(nnx.Module):
 
 
 @register
-class StripAttn(nnx.Module):
+class StripAttn(DtypeModule):
     """Strip attention; the twin of ``attn_torch.timm.StripAttn``.
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -154,7 +154,7 @@ class StripAttn(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x_h = stable_mean(x, 2, keepdims=True)
         x_w = stable_mean(x, 1, keepdims=True)
         if self.use_conv:

@@ -15,13 +15,13 @@ from flax import nnx
 from attn_common import check_odd
 from attn_common.timm import eca_kernel_size
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_mean
+from attn_flax.layers import Dtype, DtypeModule, stable_mean
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import Conv1d, make_divisible
 
 
 @register
-class EcaModule(nnx.Module):
+class EcaModule(DtypeModule):
     """ECA; the twin of ``attn_torch.timm.EcaModule`` (``conv.weight`` ``(1, 1, k)``, no bias;
     ``use_mlp``: ``conv``, ``conv2`` with biases). The pooled channels are an NLC sequence.
 
@@ -54,7 +54,7 @@ class EcaModule(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         y = self.conv(stable_mean(x, (1, 2))[:, :, None])  # (N, C, 1): channels as the sequence
         if self.conv2 is not None:
             y = self.conv2(self.act(y))
@@ -62,7 +62,7 @@ class EcaModule(nnx.Module):
 
 
 @register
-class CecaModule(nnx.Module):
+class CecaModule(DtypeModule):
     """Circular ECA; the twin of ``attn_torch.timm.CecaModule`` (the channel convolution wraps around).
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -82,7 +82,7 @@ class CecaModule(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         y = stable_mean(x, (1, 2))[:, :, None]
         y = jnp.pad(y, ((0, 0), (self.padding, self.padding), (0, 0)), mode="wrap")
         return x * self.gate(self.conv(y))[:, None, None, :, 0]

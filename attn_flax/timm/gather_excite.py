@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_mean
+from attn_flax.layers import Dtype, DtypeModule, stable_mean
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import (Conv2d, NamedSequential, avg_pool2d, get_padding, interpolate_nearest,
                                     make_divisible, max_pool2d, to_2tuple)
@@ -23,7 +23,7 @@ from attn_flax.timm.norm import BatchNorm2d, get_norm_layer
 
 
 @register
-class GatherExcite(nnx.Module):
+class GatherExcite(DtypeModule):
     """Gather-Excite; the twin of ``attn_torch.timm.GatherExcite`` (same arguments and keys,
     ``gather.conv1.weight``, ``gather.norm1.*``, ``mlp.fc1.*``, ...).
 
@@ -74,7 +74,7 @@ class GatherExcite(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         size = x.shape[1:3]
         if self.gather is not None:
             x_ge = self.gather(x)

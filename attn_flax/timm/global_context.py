@@ -13,14 +13,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_mean, stable_softmax
+from attn_flax.layers import Dtype, DtypeModule, stable_mean, stable_softmax
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import Conv2d, make_divisible
 from attn_flax.timm.mlp import ConvMlp
 
 
 @register
-class GlobalContext(nnx.Module):
+class GlobalContext(DtypeModule):
     """Global Context; the twin of ``attn_torch.timm.GlobalContext`` (same arguments and keys).
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -45,7 +45,7 @@ class GlobalContext(nnx.Module):
             self.mlp_add.fc2.kernel = nnx.Param(jnp.zeros_like(self.mlp_add.fc2.kernel[...]))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         n, h, w, c = x.shape
         if self.conv_attn is not None:
             attn = stable_softmax(self.conv_attn(x).reshape(n, h * w), axis=-1)

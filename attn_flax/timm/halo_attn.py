@@ -15,7 +15,7 @@ from flax import nnx
 
 from attn_common import check_divisible
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_softmax
+from attn_flax.layers import Dtype, DtypeModule, stable_softmax
 from attn_flax.timm.helpers import Conv2d, avg_pool2d, make_divisible
 
 
@@ -55,7 +55,7 @@ class PosEmbedRel(nnx.Module):
 
 
 @register
-class HaloAttn(nnx.Module):
+class HaloAttn(DtypeModule):
     """Halo attention; the twin of ``attn_torch.timm.HaloAttn`` (same arguments and keys).
 
     Input ``(N, H, W, C)`` with H, W multiples of ``block_size``; output
@@ -95,7 +95,7 @@ class HaloAttn(nnx.Module):
                                      param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         n, h, w, _ = x.shape
         if h % self.block_size or w % self.block_size:
             raise ValueError(f"input {h}x{w} must be divisible by `block_size`={self.block_size}")

@@ -15,7 +15,7 @@ from flax import nnx
 
 from attn_common import check_divisible
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_softmax
+from attn_flax.layers import Dtype, DtypeModule, stable_softmax
 from attn_flax.timm.helpers import Conv2d, Conv3d, avg_pool2d, make_divisible, to_2tuple
 from attn_flax.timm.norm import BatchNorm2d
 
@@ -29,7 +29,7 @@ def rel_pos_indices(size: Sequence[int]) -> np.ndarray:
 
 
 @register
-class LambdaLayer(nnx.Module):
+class LambdaLayer(DtypeModule):
     """Lambda layer; the twin of ``attn_torch.timm.LambdaLayer`` (same arguments and keys;
     ``conv_lambda`` is a 3-D convolution over (H, W, value) as in timm).
 
@@ -66,7 +66,7 @@ class LambdaLayer(nnx.Module):
         self.stride = stride
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         n, h, w, _ = x.shape
         m = h * w
         heads, dk, dv = self.num_heads, self.dim_qk, self.dim_v

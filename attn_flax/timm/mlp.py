@@ -9,14 +9,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype
+from attn_flax.layers import Dtype, DtypeModule
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import Conv2d, to_2tuple
 from attn_flax.timm.norm import get_norm_layer
 
 
 @register
-class ConvMlp(nnx.Module):
+class ConvMlp(DtypeModule):
     """``fc1`` (1x1 conv) -> ``norm`` -> ``act`` -> ``drop`` -> ``fc2``; the twin of ``attn_torch.timm.ConvMlp``.
 
     Input ``(N, H, W, C)``.
@@ -39,7 +39,7 @@ class ConvMlp(nnx.Module):
         self.fc2 = Conv2d(hidden_features, out_features, 1, bias=bias[1], **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.fc1(x.astype(compute_dtype(self.dtype, x, self.param_dtype)))
+        x = self.fc1(self.promote(x))
         if self.norm is not None:
             x = self.norm(x)
         x = self.act(x)

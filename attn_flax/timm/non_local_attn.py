@@ -16,14 +16,14 @@ from flax import nnx
 
 from attn_common import check_divisible
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_softmax
+from attn_flax.layers import Dtype, DtypeModule, stable_softmax
 from attn_flax.timm.conv_bn_act import ConvNormAct
 from attn_flax.timm.helpers import Conv2d, make_divisible
 from attn_flax.timm.norm import BatchNorm2d
 
 
 @register
-class NonLocalAttn(nnx.Module):
+class NonLocalAttn(DtypeModule):
     """Spatial non-local block; the twin of ``attn_torch.timm.NonLocalAttn`` (same arguments and keys).
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -45,7 +45,7 @@ class NonLocalAttn(nnx.Module):
         self.norm = BatchNorm2d(in_channels, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         n, h, w, _ = x.shape
         t, p, g = (layer(x).reshape(n, h * w, -1) for layer in (self.t, self.p, self.g))
         att = stable_softmax(jnp.einsum("nic,njc->nij", t, p) * self.scale, axis=-1)
@@ -70,7 +70,7 @@ def _kron_eye(x: jax.Array, t: int) -> jax.Array:
 
 
 @register
-class BilinearAttnTransform(nnx.Module):
+class BilinearAttnTransform(DtypeModule):
     """BAT's grouped bilinear transform; the twin of ``attn_torch.timm.BilinearAttnTransform``."""
 
     def __init__(self, in_channels: int, block_size: int, groups: int, act_layer: Any = "relu",
@@ -88,7 +88,7 @@ class BilinearAttnTransform(nnx.Module):
         self.in_channels = in_channels
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         n, h, w, c = x.shape
         bs, g = self.block_size, self.groups
         if h % bs or w % bs:

@@ -32,7 +32,7 @@ from attn_flax.timm import create_act
 from attn_flax.timm.blur_pool import create_aa
 from attn_flax.timm.create_attn import get_attn
 from attn_flax.timm.helpers import get_padding
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, GroupNorm, Linear, compute_dtype, stable_mean
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, DtypeModule, GroupNorm, Linear, stable_mean
 
 Factory = dict[str, Any]
 
@@ -275,7 +275,7 @@ def _block_class(block: Any) -> type[nnx.Module]:
     return _BLOCKS[name]
 
 
-class TimmClassifier(nnx.Module):
+class TimmClassifier(DtypeModule):
     """timm's fine-tuning API shared by ``ResNet`` and ``SENet``: ``forward_head``, ``reset_classifier``."""
 
     _classifier = "fc"
@@ -406,6 +406,6 @@ class ResNet(TimmClassifier):
 
     def forward_features(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.in_chans, "NHWC", "ResNet")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))

@@ -13,7 +13,7 @@ from flax import nnx
 
 from attn_common import check_divisible
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_mean, stable_softmax
+from attn_flax.layers import Dtype, DtypeModule, stable_mean, stable_softmax
 from attn_flax.timm.conv_bn_act import ConvNormAct
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import Conv2d, make_divisible
@@ -49,7 +49,7 @@ class SelectiveKernelAttn(nnx.Module):
 
 
 @register
-class SelectiveKernel(nnx.Module):
+class SelectiveKernel(DtypeModule):
     """Selective Kernel convolution; the twin of ``attn_torch.timm.SelectiveKernel`` (same arguments
     and keys, ``paths.0.conv.weight``, ``attn.fc_reduce.weight``, ...). ``drop_layer`` is torch only.
 
@@ -94,7 +94,7 @@ class SelectiveKernel(nnx.Module):
         self.attn = SelectiveKernelAttn(out_channels, self.num_paths, attn_channels, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         if self.split_input:
             split = self.in_channels // self.num_paths
             x_paths = [op(x[..., i * split:(i + 1) * split]) for i, op in enumerate(self.paths)]

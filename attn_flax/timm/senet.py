@@ -20,7 +20,7 @@ from flax import nnx
 from attn_common import check_input
 from attn_common.timm_models import layer_spec
 from attn_flax._registry import register
-from attn_flax.layers import BatchNorm, Conv2d, Dtype, compute_dtype, stable_mean
+from attn_flax.layers import BatchNorm, Conv2d, Dtype, DtypeModule, stable_mean
 from attn_flax.timm.resnet import TimmClassifier, create_classifier, max_pool
 
 
@@ -197,7 +197,7 @@ class SENet(TimmClassifier):
 
     def forward_features(self, x: jax.Array) -> jax.Array:
         check_input(x.shape, self.in_chans, "NHWC", "SENet")
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x = self.pool0(self.layer0(x))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 

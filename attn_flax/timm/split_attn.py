@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_mean, stable_softmax
+from attn_flax.layers import Dtype, DtypeModule, stable_mean, stable_softmax
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import Conv2d, make_divisible
 from attn_flax.timm.norm import get_norm_layer
@@ -35,7 +35,7 @@ class RadixSoftmax(nnx.Module):
 
 
 @register
-class SplitAttn(nnx.Module):
+class SplitAttn(DtypeModule):
     """Split attention; the twin of ``attn_torch.timm.SplitAttn`` (same arguments and keys;
     ``drop_layer`` is torch only).
 
@@ -72,7 +72,7 @@ class SplitAttn(nnx.Module):
         self.rsoftmax = RadixSoftmax(radix, groups)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv(x.astype(compute_dtype(self.dtype, x, self.param_dtype)))
+        x = self.conv(self.promote(x))
         if self.bn0 is not None:
             x = self.bn0(x)
         x = self.act0(x)

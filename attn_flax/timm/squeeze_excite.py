@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_flax._registry import register
-from attn_flax.layers import Dtype, compute_dtype, stable_mean
+from attn_flax.layers import Dtype, DtypeModule, stable_mean
 from attn_flax.timm.create_act import create_act_layer
 from attn_flax.timm.helpers import Conv2d, make_divisible
 from attn_flax.timm.norm import get_norm_layer
@@ -28,7 +28,7 @@ def _squeeze(x: jax.Array, add_maxpool: bool) -> jax.Array:
 
 
 @register
-class SEModule(nnx.Module):
+class SEModule(DtypeModule):
     """timm's SE; the twin of ``attn_torch.timm.SEModule`` (same arguments and keys).
 
     Args: as the torch twin (``rd_ratio`` 1/16, ``rd_divisor`` 8, ReLU, sigmoid gate);
@@ -55,7 +55,7 @@ class SEModule(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         x_se = self.fc1(_squeeze(x, self.add_maxpool))
         if self.bn is not None:
             x_se = self.bn(x_se)
@@ -64,7 +64,7 @@ class SEModule(nnx.Module):
 
 
 @register
-class EffectiveSEModule(nnx.Module):
+class EffectiveSEModule(DtypeModule):
     """Effective SE; the twin of ``attn_torch.timm.EffectiveSEModule`` (hard-sigmoid gate).
 
     Input ``(N, H, W, C)``; output has the same shape.
@@ -79,7 +79,7 @@ class EffectiveSEModule(nnx.Module):
         self.gate = create_act_layer(gate_layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(compute_dtype(self.dtype, x, self.param_dtype))
+        x = self.promote(x)
         return x * self.gate(self.fc(_squeeze(x, self.add_maxpool)))
 
 
