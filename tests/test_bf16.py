@@ -230,16 +230,19 @@ def test_criss_cross_mask_in_bf16(case):
 
 
 def test_report_prints_the_bf16_table_and_fails_beyond_tolerance(capsys, monkeypatch):
-    assert report.main(["--modules", "SE", "--quick"]) == 0
+    assert report.main(["--modules", "SE", "--quick", "--jobs", "2"]) == 0  # the float32 and bf16 rows in two processes
     out = capsys.readouterr().out
-    assert "bf16:" in out and "1 of 1 modules passed in bf16" in out
+    assert "bf16:" in out and "1 of 1 modules passed in bf16" in out and "1 of 1 cases passed" in out
     row = next(line for line in out.splitlines() if line.startswith("SE ") and "bfloat16" in line)
     assert row.split()[-1] == "pass"
 
-    assert report.main(["--modules", "SE", "--quick", "--no-bf16"]) == 0
+    assert report.main(["--modules", "SE", "--quick", "--no-bf16", "--jobs", "1"]) == 0
     assert "bf16:" not in capsys.readouterr().out
 
-    monkeypatch.setitem(BF16, "SE", Bf16Tolerance(forward=1e-4, grad_input=1e-4))
-    assert report.main(["--modules", "SE", "--quick"]) == 1
+    monkeypatch.setitem(BF16, "SE", Bf16Tolerance(forward=1e-4, grad_input=1e-4))  # seen in this process only
+    assert report.main(["--modules", "SE", "--quick", "--jobs", "1"]) == 1
     out = capsys.readouterr().out
     assert "SE [2x32x8x8] bf16 flax forward: FAILED" in out and "0 of 1 modules passed in bf16" in out
+    with pytest.raises(SystemExit):
+        report.main(["--jobs", "0"])
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
