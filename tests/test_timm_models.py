@@ -30,6 +30,9 @@ from timm_goldens import load_goldens, recipe_input, recipe_state_dict
 
 META, ARRAYS = load_goldens()
 NAMES = list(META["models"])
+# The slowest first: the pruned ones (every layer a new shape to compile), then by size.
+BY_COST = sorted(NAMES, key=lambda n: ("pruned" not in n,
+                                      -sum(math.prod(shape) for _, shape, _ in META["models"][n]["manifest"])))
 
 
 def _tolerance(name: str, mode: str):
@@ -75,12 +78,10 @@ def _flax_logits(name: str, state: dict[str, np.ndarray], x: np.ndarray) -> dict
     def build() -> nnx.Module:
         return attn_flax.create_model(name, rngs=nnx.Rngs(0))
 
-    params = sum(math.prod(shape) for _, shape, _ in entry["manifest"])
-    # Shapes only, no random init, for the large shallow ones (1.9 GB saved for resnext101_32x32d)
-    # and the pruned ones (every layer a new shape: each initialiser would compile). nnx.eval_shape's
-    # cost grows with the square of the number of layers, so deep ones are built for real.
+    # Shapes only, no random init (no initialiser to compile, 1.9 GB saved for resnext101_32x32d); but
+    # under nnx.eval_shape each draw from nnx.Rngs costs O(model), so the deep ones are built for real.
     shallow = sum(MODELS[name][1]["layers"]) <= 40
-    model = nnx.eval_shape(build) if shallow and (params > 10**8 or "pruned" in name) else build()
+    model = nnx.eval_shape(build) if shallow else build()
     # As sets: a module rebuilt by nnx.eval_shape lists its attributes sorted.
     leaves = sorted([leaf.torch_name, list(leaf.torch_shape())] for leaf in iter_leaves(model))
     assert leaves == sorted([k, shape] for k, shape, _ in entry["manifest"]), "Flax names/shapes differ from timm's"
@@ -101,7 +102,7 @@ def _flax_logits(name: str, state: dict[str, np.ndarray], x: np.ndarray) -> dict
     return out
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", BY_COST)  # see conftest.LONGEST_FIRST
 def test_matches_timm(name: str):
     """Both packages against timm's logits (one recipe per architecture: drawing it costs most)."""
     state = recipe_state_dict(META["models"][name]["manifest"])
