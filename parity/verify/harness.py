@@ -216,10 +216,10 @@ def flax_calls(module: nnx.Module, x: np.ndarray) -> dict[str, np.ndarray]:
     return {"eager": nchw(eager), "jit": nchw(jitted)}
 
 
-def flax_paths(torch_module: torch.nn.Module, shape: tuple[int, ...]) -> tuple[str, ...]:
-    """Both paths where the module's Flax twin calls a CPU kernel; only ``plain`` where it calls
-    none (the two would trace the same program)."""
-    twin = to_flax(torch_module)
+def flax_paths(flax_module: nnx.Module, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """Both paths where the module calls a CPU kernel; only ``plain`` where it calls none (the two
+    would trace the same program). ``shape`` is the NCHW input shape; ``flax_module`` is not changed."""
+    twin = nnx.clone(flax_module)
     twin.eval()
     n, c, h, w = shape
     used = kernels_used(lambda v: twin(v), jnp.zeros((n, h, w, c), jnp.float32))
@@ -244,8 +244,6 @@ def run_case(spec: Spec, case: Case, seed: int = 0, calls: bool = True, paths: t
     with torch.no_grad():
         out_shape = tuple(torch_module.eval()(torch.from_numpy(x)).shape)
     cotangent = rng.standard_normal(out_shape, dtype=np.float32)
-    paths = paths or flax_paths(torch_module, case.shape)
-    result.paths = paths
 
     def record(check: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> None:
         outcome = compare(check, ref, got, tolerance(spec.name, check), shared_scale=check == "grad_param")
@@ -255,10 +253,12 @@ def run_case(spec: Spec, case: Case, seed: int = 0, calls: bool = True, paths: t
         training = mode == "train"
         before = copy.deepcopy(torch_module.train(training))
         t = torch_step(torch_module, x, cotangent)
+        converted = to_flax(before)  # once per mode: each path gets a copy
+        paths = paths or flax_paths(converted, case.shape)
         outputs, grad_input, grad_params, buffers = {}, {}, {}, {}
         for path in paths:
             with set_cpu_kernels(path == "cpu_kernels"):
-                flax_module = to_flax(before)
+                flax_module = nnx.clone(converted)
                 flax_module.train() if training else flax_module.eval()
                 if calls:
                     outputs.update({f"{path}/{call}": out for call, out in flax_calls(flax_module, x).items()})
@@ -275,6 +275,7 @@ def run_case(spec: Spec, case: Case, seed: int = 0, calls: bool = True, paths: t
         if buffers:
             torch_buffers = _buffers(torch_module)
             record("bn_stats", {k: torch_buffers[k.split("/", 1)[1]] for k in buffers}, buffers)
+    result.paths = paths or ()
     return result
 
 

@@ -75,6 +75,11 @@ def _work(task: tuple[str, str, int, int]) -> tuple[CaseResult | Bf16Result, flo
 def _start_worker(cache: bool) -> None:
     import torch
 
+    if sys.platform.startswith("linux"):  # end with the report (killed by a timeout, say), not run on alone
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     torch.set_num_threads(1)  # the workers share the cores
     if cache:
         from parity.verify.xla_cache import enable_compilation_cache

@@ -5,7 +5,9 @@ gradients of one module at one shape); compiling them is most of the cost of a
 case on a CPU. The report and the test suite compile the same programs, so
 with a shared on-disk cache the second of them, and every rerun, skips the
 compiler. The cache is keyed by the program, the JAX version and the device:
-it can make a run faster, never change a result.
+it can make a run faster, never change a result. The key also holds the cache's own
+path (XLA records a directory inside it in the compile options), so a cache copied
+to another path starts cold.
 """
 
 from __future__ import annotations
