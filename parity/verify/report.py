@@ -79,7 +79,10 @@ def _start_worker(cache: bool) -> None:
         import ctypes
         import signal
 
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (AttributeError, OSError):  # a libc without prctl: the worker ends when its queue closes
+            pass
     torch.set_num_threads(1)  # the workers share the cores
     if cache:
         from parity.verify.xla_cache import enable_compilation_cache
