@@ -47,7 +47,8 @@ Dtype = Any
 
 
 class DtypeModule(nnx.Module):
-    """The dtype convention above, in one place: the base of every ``attn_flax`` module.
+    """The dtype convention above, in one place: the base of every ``attn_flax`` module that
+    casts its input (modules built only of such modules need no cast of their own).
 
     A subclass stores its ``dtype`` and ``param_dtype`` constructor arguments and
     casts its input with :meth:`promote` on entry.

@@ -34,6 +34,7 @@ class Spec:
     cases: tuple[Case, ...]
     channels_arg: str | None = "channels"  # the argument that sets C; None: not benchmarked at other C
     model: str | None = None  # a timm architecture (``name`` is then that name): built by create_model
+    network: bool = False  # a whole network, not one layer: the report starts these first
 
     def torch_module(self, case: Case) -> Any:
         """The torch module of ``case``: the registered class, or ``attn_torch.create_model``."""
@@ -173,6 +174,7 @@ SPECS: dict[str, Spec] = {
                 Case((1, 3, 27, 35), modes=("eval",), kwargs={"attention": "se"}),  # odd map, lowercase name
             ),
             channels_arg=None,
+            network=True,
         ),
     )
 }
@@ -182,6 +184,7 @@ SPECS: dict[str, Spec] = {
 # ten classes (train mode of all 89 architectures is checked against timm's own outputs in
 # tests/test_timm_models.py).
 MODEL_SPECS: dict[str, Spec] = {
-    model: Spec(model, {"num_classes": 10}, (Case((2, 3, 32, 32), modes=("eval",)),), channels_arg=None, model=model)
+    model: Spec(model, {"num_classes": 10}, (Case((2, 3, 32, 32), modes=("eval",)),), channels_arg=None, model=model,
+                network=True)
     for model in ("seresnet50", "ecaresnet50d", "seresnext26d_32x4d", "resnet50_gn", "legacy_seresnet18")
 }

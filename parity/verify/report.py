@@ -103,7 +103,7 @@ def run_tasks(tasks: list[tuple[str, str, int, int]], jobs: int = 1,
               cache: bool = True) -> list[CaseResult | Bf16Result]:
     """Run report tasks (see :func:`_work`), in ``jobs`` processes when more than one;
     results in task order, progress on stderr as each finishes. The processes start
-    with the heaviest work (the ResNets), so that none is left running alone at the end."""
+    with the heaviest work (the registry's networks), so that none is left running alone at the end."""
     jobs = max(1, min(jobs, len(tasks)))
     results: list[CaseResult | Bf16Result | None] = [None] * len(tasks)
     if jobs == 1:
@@ -114,7 +114,8 @@ def run_tasks(tasks: list[tuple[str, str, int, int]], jobs: int = 1,
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    heavy_first = sorted(range(len(tasks)), key=lambda i: (not _is_model(tasks[i][1]), tasks[i][0] == "bf16", i))
+    heavy_first = sorted(range(len(tasks)),
+                         key=lambda i: (not ALL_SPECS[tasks[i][1]].network, tasks[i][0] == "bf16", i))
     context = multiprocessing.get_context("spawn")  # JAX and torch hold threads: no fork
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(cache,)) as pool:
         futures = {pool.submit(_work, tasks[i]): i for i in heavy_first}
@@ -123,10 +124,6 @@ def run_tasks(tasks: list[tuple[str, str, int, int]], jobs: int = 1,
             results[i], seconds = future.result()
             _progress(tasks[i], results[i], seconds, f"[{done}/{len(tasks)}]")
     return results  # type: ignore[return-value]
-
-
-def _is_model(name: str) -> bool:
-    return name in MODEL_SPECS or name == "ResNet"
 
 
 def table(modules: list[str], results: list[CaseResult]) -> str:
